@@ -1,0 +1,167 @@
+"""`customir run|ingest|generate|mine|verify|train|evaluate|export|serve`.
+
+``run CONFIG.yaml`` runs everything; each stage command runs one stage alone, taking its input
+folder(s) as arguments and writing ``RUN_DIR/<stage output>``. Any command accepts ``--config``
+for settings and ``--set section.key=value`` to override one. Known errors print one line and
+exit 2; they never end in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from customir import __version__
+
+
+def _common(parser: argparse.ArgumentParser, config_required: bool = False) -> None:
+    if not config_required:
+        parser.add_argument("--config", help="YAML config with stage settings")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, "
+                        "else a local cluster)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="customir", description="Adapt an embedding model to your documents, without labels.")
+    parser.add_argument("--version", action="version", version=f"customir {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the whole pipeline from a config file")
+    p.add_argument("config", help="YAML config (see examples/local.yaml)")
+    p.add_argument("--serve", action="store_true", help="keep serving the model afterwards")
+    p.add_argument("--no-serve-check", action="store_true",
+                   help="skip the final check that starts the server and embeds through it")
+    _common(p, config_required=True)
+
+    p = sub.add_parser("ingest", help="documents folder → RUN_DIR/chunks")
+    p.add_argument("docs", help="folder of .txt .md .html .pdf .jsonl .parquet files")
+    p.add_argument("--out", required=True, help="run folder")
+    _common(p)
+
+    for name, source, help_ in (("generate", "chunks", "RUN_DIR/chunks → RUN_DIR/queries"),
+                                ("mine", "queries", "RUN_DIR/queries → RUN_DIR/candidates"),
+                                ("verify", "candidates", "RUN_DIR/candidates → RUN_DIR/triples"),
+                                ("train", "triples", "RUN_DIR/triples → RUN_DIR/train/model")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument(source, help=f"the {source} stage folder")
+        if name != "generate":
+            p.add_argument("--chunks", required=True, help="the chunks stage folder")
+        p.add_argument("--out", required=True, help="run folder")
+        _common(p)
+
+    p = sub.add_parser("evaluate", help="base vs tuned vs BM25 → RUN_DIR/evaluation")
+    p.add_argument("train_dir", help="the train stage folder (model + split)")
+    p.add_argument("--chunks", required=True)
+    p.add_argument("--triples", required=True)
+    p.add_argument("--out", required=True, help="run folder")
+    _common(p)
+
+    p = sub.add_parser("export", help="sentence-transformers folder → RUN_DIR/export (ONNX)")
+    p.add_argument("model_dir")
+    p.add_argument("--chunks", required=True, help="chunks folder (parity-check samples)")
+    p.add_argument("--out", required=True, help="run folder")
+    _common(p)
+
+    p = sub.add_parser("serve", help="serve an exported model at /v1/embeddings")
+    p.add_argument("export_dir", help="folder with model.onnx (RUN_DIR/export)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    _common(p)
+    return parser
+
+
+def _load(args):
+    from customir.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "ray_address", None):
+        overrides.append(f"ray.address={args.ray_address}")
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _dispatch(args) -> int:
+    cfg = _load(args)
+    cmd = args.command
+    if cmd == "run":
+        from customir.pipeline import run_pipeline
+
+        summary = run_pipeline(cfg, serve_check=not args.no_serve_check)
+        print(json.dumps(summary, indent=2))
+        if args.serve:
+            from customir.serve.app import serve_forever
+
+            serve_forever(Path(cfg.run_dir) / "export", cfg.serve, cfg.ray)
+        return 0
+    if cmd == "serve":
+        from customir.serve.app import serve_forever
+
+        serve_cfg = cfg.serve.model_copy(update={k: v for k, v in
+                                                 {"host": args.host, "port": args.port}.items()
+                                                 if v is not None})
+        serve_forever(args.export_dir, serve_cfg, cfg.ray)
+        return 0
+    from customir.runtime import ray_session
+
+    out = Path(args.out)
+    with ray_session(cfg.ray):
+        if cmd == "ingest":
+            from customir.corpus import ingest
+            manifest = ingest.run(args.docs, out, cfg.ingest, cfg.train)
+        elif cmd == "generate":
+            from customir.queries import generate
+            manifest = generate.run(args.chunks, out, cfg.generate)
+        elif cmd == "mine":
+            from customir.negatives import mine
+            manifest = mine.run(args.queries, args.chunks, out, cfg.mine)
+        elif cmd == "verify":
+            from customir.negatives import verify
+            manifest = verify.run(args.candidates, args.chunks, out, cfg.verify)
+        elif cmd == "train":
+            from customir.train import trainer
+            manifest = trainer.run(args.triples, args.chunks, out, cfg.train)
+        elif cmd == "evaluate":
+            from customir.evaluate import evaluate
+            manifest = evaluate.run(args.chunks, args.triples, args.train_dir, out, cfg.evaluate,
+                                    cfg.train.base_model, cfg.mine)
+        else:  # export
+            from customir.export import onnx
+            manifest = onnx.run(args.model_dir, args.chunks, out, cfg.export)
+    counts = {unit: {"in": b.n_in, "out": b.n_out, "skipped": b.skipped}
+              for unit, b in manifest.balances.items()}
+    print(json.dumps({"stage": manifest.stage, "counts": counts}, indent=2))
+    return 0
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from customir.config import ConfigError
+    from customir.evaluate.evaluate import EvalDataError
+    from customir.export.onnx import ParityError
+    from customir.llm.gguf import ModelUnavailable
+    from customir.manifest import BalanceError
+    from customir.schemas import SchemaError
+
+    return (ConfigError, SchemaError, EvalDataError, ParityError, ModelUnavailable, BalanceError,
+            FileNotFoundError, NotADirectoryError, ImportError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("customir: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - only the known kinds are shown without traceback
+        if isinstance(exc, _known_errors()):
+            print(f"customir: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

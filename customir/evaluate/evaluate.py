@@ -1,0 +1,174 @@
+"""Evaluate stage: base vs tuned vs BM25 → ``evaluation/report.{json,md,png}``.
+
+Two kinds of query sets:
+
+- ``synthetic-test``: the generated queries whose positive lies in a *test* document (split by
+  the train stage; never trained on). Relevant = every chunk the query was written for.
+- each configured BEIR set: real queries with human qrels on document ids; chunks are scored
+  and a document takes its best chunk's score.
+
+Every uplift is reported with a paired randomization test on per-query nDCG@10.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from customir.config import BeirEvalConfig, EvaluateConfig, MineConfig
+from customir.evaluate.metrics import Qrels, mean_metrics, paired_randomization_test, \
+    per_query_metrics
+from customir.evaluate.report import write_report
+from customir.evaluate.retrieval import bm25_run, chunks_to_documents, dense_run
+from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
+from customir.models import load_sentence_transformer
+from customir.negatives.bm25 import BM25Index
+from customir.schemas import CHUNKS, TRIPLES, read_table
+from customir.train.trainer import MODEL_DIR, SPLIT_FILE
+
+STAGE = "evaluate"
+COMPARED_METRIC = "nDCG@10"
+
+
+class EvalDataError(ValueError):
+    """A BEIR file that cannot be used; the message names the file and line."""
+
+
+def read_beir_queries(path: Path) -> dict[str, str]:
+    queries = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            queries[str(record["_id"])] = str(record["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EvalDataError(f"{path}:{number}: not a BEIR query record ({exc})") from None
+    return queries
+
+
+def read_beir_qrels(path: Path) -> Qrels:
+    """Read a BEIR qrels TSV (header line, CRLF tolerated); keep relevance > 0."""
+    qrels: Qrels = defaultdict(dict)
+    with open(path, newline="", encoding="utf-8") as fh:
+        for number, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            row = [c.strip() for c in row]
+            if not row or not any(row) or (number == 1 and row[0] == "query-id"):
+                continue
+            try:
+                qid, did, score = row[0], row[1], int(row[2])
+            except (IndexError, ValueError):
+                raise EvalDataError(f"{path}:{number}: expected query-id, corpus-id, score; "
+                                    f"got {row}") from None
+            if score > 0:
+                qrels[qid][did] = score
+    return dict(qrels)
+
+
+def _systems(models: dict, corpus: dict[str, str], bm25: BM25Index, queries: dict[str, str],
+             k: int, batch_size: int, cache: dict) -> dict:
+    runs = {"bm25": bm25_run(bm25, queries, list(corpus), k)}
+    for name, model in models.items():
+        runs[name] = dense_run(model, queries, corpus, k, batch_size,
+                               passage_embeddings=cache.get(name))
+    return runs
+
+
+def _score(runs: dict, qrels: Qrels, config: EvaluateConfig) -> dict:
+    per_query = {name: per_query_metrics(qrels, run, config.k_values) for name, run in runs.items()}
+    results = {name: mean_metrics(pq_) for name, pq_ in per_query.items()}
+    comparisons = []
+    qids = sorted(qrels)
+    for a, b in (("tuned", "base"), ("tuned", "bm25"), ("base", "bm25")):
+        if a in per_query and b in per_query:
+            va = [per_query[a][COMPARED_METRIC][q] for q in qids]
+            vb = [per_query[b][COMPARED_METRIC][q] for q in qids]
+            comparisons.append({
+                "a": a, "b": b, "metric": COMPARED_METRIC, "n_queries": len(qids),
+                "delta": results[a][COMPARED_METRIC] - results[b][COMPARED_METRIC],
+                "p_value": paired_randomization_test(va, vb, config.permutations)})
+    return {"n_queries": len(qids), "results": results, "comparisons": comparisons}
+
+
+def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
+        run_dir: str | Path, config: EvaluateConfig, base_model: str,
+        mine_config: MineConfig | None = None) -> Manifest:
+    chunks_dir, triples_dir, train_dir = Path(chunks_dir), Path(triples_dir), Path(train_dir)
+    out = Path(run_dir) / "evaluation"
+    inputs = {"chunks": fingerprint(chunks_dir), "triples": fingerprint(triples_dir),
+              "train": fingerprint(train_dir)}
+    inputs.update({f"beir:{b.name}": fingerprint(b.qrels) for b in config.beir})
+    config_hash = f"{config.config_hash()}-{base_model}"
+    if done := find_complete(out, config_hash, inputs):
+        log("evaluate: up to date, skipping")
+        return done
+    chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
+    corpus = dict(zip(chunks["chunk_id"], chunks["text"]))
+    chunk_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"]))
+    split = dict(zip(*pq.read_table(train_dir / SPLIT_FILE).to_pydict().values()))
+    test_docs = {d for d, s in split.items() if s == "test"}
+
+    triples = read_table(triples_dir, TRIPLES).select(["query_id", "query", "chunk_id"]).to_pylist()
+    positives: dict[str, set[str]] = defaultdict(set)
+    for t in triples:
+        positives[t["query"]].add(t["chunk_id"])
+    synthetic = {t["query_id"]: t["query"] for t in triples if chunk_doc[t["chunk_id"]] in test_docs}
+    synthetic_qrels = {qid: {c: 1 for c in positives[q]} for qid, q in synthetic.items()}
+
+    models = {"base": load_sentence_transformer(base_model),
+              "tuned": load_sentence_transformer(train_dir / MODEL_DIR)}
+    bm25 = BM25Index(list(corpus.values()), (mine_config or MineConfig()).stemmer)
+    k = max(config.k_values)
+    log(f"evaluate: encoding {len(corpus)} chunks with base and tuned models")
+    cache = {name: m.encode(list(corpus.values()), batch_size=config.batch_size,
+                            normalize_embeddings=True, convert_to_numpy=True)
+             for name, m in models.items()}
+    sets = {}
+    if synthetic:
+        sets["synthetic-test"] = _score(
+            _systems(models, corpus, bm25, synthetic, k, config.batch_size, cache),
+            synthetic_qrels, config)
+        sets["synthetic-test"]["note"] = ("Generated queries on held-out test documents "
+                                          "(split by document; never trained on).")
+    balances = {}
+    for beir in config.beir:
+        sets[beir.name], balances[f"beir:{beir.name}"] = _score_beir(
+            beir, models, corpus, chunk_doc, bm25, config, cache)
+    with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
+        text = write_report(tmp, sets)
+        manifest.balances.update(balances)
+        manifest.extra["sets"] = {name: {"n_queries": d["n_queries"],
+                                         "nDCG@10": {s: round(m[COMPARED_METRIC], 4)
+                                                     for s, m in d["results"].items()}}
+                                  for name, d in sets.items()}
+    print(text)
+    return manifest
+
+
+def _score_beir(beir: BeirEvalConfig, models, corpus, chunk_doc, bm25, config, cache):
+    queries = read_beir_queries(Path(beir.queries))
+    qrels = read_beir_qrels(Path(beir.qrels))
+    docs = set(chunk_doc.values())
+    judged = {q: rel for q, rel in qrels.items() if q in queries and set(rel) & docs}
+    no_text = [q for q in qrels if q not in queries]
+    no_doc = [q for q in qrels if q in queries and not set(rel_docs := qrels[q]) & docs]
+    if not judged:
+        raise EvalDataError(f"{beir.qrels}: none of its {len(qrels)} queries has both text in "
+                            f"{beir.queries} and a relevant document in the corpus")
+    asked = {q: queries[q] for q in judged}
+    chunk_runs = _systems(models, corpus, bm25, asked, max(config.k_values) * 3,
+                          config.batch_size, cache)
+    runs = {name: chunks_to_documents(r, chunk_doc) for name, r in chunk_runs.items()}
+    scored = _score(runs, judged, config)
+    scored["note"] = (f"Human qrels from {beir.qrels}; chunks scored, a document takes its best "
+                      f"chunk's score. Skipped: {len(no_text)} queries without text, "
+                      f"{len(no_doc)} whose relevant documents are not in the corpus.")
+    balance = Balance(len(qrels), len(judged), {k: v for k, v in
+                                                {"no_query_text": len(no_text),
+                                                 "relevant_docs_not_in_corpus": len(no_doc)}.items()
+                                                if v})
+    return scored, balance

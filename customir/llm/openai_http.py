@@ -1,0 +1,53 @@
+"""The HTTP backend: any OpenAI-compatible endpoint (vLLM, a llama.cpp server, OpenAI itself).
+
+Query writing uses chat completions with a JSON-schema ``response_format``. Likelihood scoring
+uses the legacy completions endpoint with ``echo=True, logprobs=1``, which vLLM and llama.cpp
+servers implement: the prompt's own token log-probabilities come back, and the continuation's
+tokens are found by their character offsets. Timeouts and retries with exponential backoff are
+the official client's (``timeout_s``, ``max_retries``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from customir.config import LLMConfig
+
+
+class OpenAIHttpLLM:
+    def __init__(self, config: LLMConfig):
+        from openai import OpenAI
+
+        if not config.base_url:
+            raise ValueError("llm.base_url is required for the openai backend "
+                             "(e.g. http://localhost:8000/v1)")
+        # Local servers usually accept any key; hosted ones fail loudly on the first call.
+        api_key = os.environ.get(config.api_key_env) or "not-set"
+        self.name = config.model
+        self._config = config
+        self._client = OpenAI(base_url=config.base_url, api_key=api_key,
+                              timeout=config.timeout_s, max_retries=config.max_retries)
+
+    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int) -> str:
+        reply = self._client.chat.completions.create(
+            model=self._config.model, messages=messages, max_tokens=max_tokens,
+            temperature=self._config.temperature,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "queries", "schema": schema}},
+        )
+        return reply.choices[0].message.content or ""
+
+    def query_log_likelihood(self, prompt: str, continuation: str) -> float:
+        text = prompt + continuation
+        reply = self._client.completions.create(
+            model=self._config.model, prompt=text, max_tokens=1, temperature=0.0, echo=True,
+            logprobs=1)
+        logprobs = reply.choices[0].logprobs
+        if logprobs is None or not logprobs.token_logprobs:
+            raise ValueError(f"{self._config.base_url} returned no prompt log-probabilities; "
+                             "the server must support echo=True with logprobs")
+        picked = [lp for offset, lp in zip(logprobs.text_offset, logprobs.token_logprobs)
+                  if len(prompt) <= offset < len(text) and lp is not None]
+        if not picked:
+            raise ValueError("no continuation tokens found in the echoed prompt")
+        return sum(picked) / len(picked)

@@ -1,0 +1,48 @@
+"""The one LLM interface every stage talks to, and the factory that picks a backend.
+
+Two abilities are all the pipeline needs:
+
+- ``complete_json(messages, schema, max_tokens)``: a chat reply constrained to a JSON schema
+  (small models write usable JSON only under a grammar; measured in issue 2).
+- ``query_log_likelihood(prompt, continuation)``: the mean log-probability per token of
+  ``continuation`` after ``prompt``. Verification scores log P(query | passage) this way (UPR,
+  Sachan et al. 2022), because small models judge yes/no at chance but rank by likelihood well.
+
+Any object with these methods and a ``name`` works; tests use a small in-process double.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from customir.config import LLMBackend, LLMConfig
+
+
+@runtime_checkable
+class LLM(Protocol):
+    name: str
+
+    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int) -> str:
+        """Return the raw reply text (JSON when the backend honours the schema)."""
+        ...
+
+    def query_log_likelihood(self, prompt: str, continuation: str) -> float:
+        """Mean natural-log probability per token of ``continuation`` given ``prompt``."""
+        ...
+
+
+def load_llm(config: LLMConfig, *, scoring: bool = False) -> LLM:
+    """Build the configured backend. ``scoring=True`` prepares it for log-likelihoods."""
+    if config.backend == LLMBackend.llamacpp:
+        from customir.llm.llamacpp import LlamaCppLLM
+
+        return LlamaCppLLM(config, scoring=scoring)
+    if config.backend == LLMBackend.openai:
+        from customir.llm.openai_http import OpenAIHttpLLM
+
+        return OpenAIHttpLLM(config)
+    if config.backend == LLMBackend.scripted:
+        from customir.llm.scripted import ScriptedLLM
+
+        return ScriptedLLM(config, scoring=scoring)
+    raise ValueError(f"unknown LLM backend {config.backend!r}")

@@ -1,0 +1,150 @@
+"""Per-stage ``_manifest.json``: what a stage read, with which settings, and what it counted.
+
+Every stage writes into a temporary sibling folder and renames it into place only when all of its
+files (the manifest last) are written, so a crash never leaves a half-written output that looks
+finished. A rerun skips a stage whose manifest matches the stage's config hash and the
+fingerprints of its inputs (see :func:`find_complete`).
+
+Counts are kept as *balances*: for each unit a stage handles (documents, chunks, queries,
+candidates) ``in == out + skipped`` must hold, or the stage fails instead of losing rows silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+MANIFEST = "_manifest.json"
+_TRACKED_PACKAGES = (
+    "customir", "pyarrow", "ray", "torch", "transformers", "sentence-transformers", "bm25s",
+    "llama_cpp_python", "onnx", "onnxruntime", "pytrec-eval-terrier",
+)
+
+
+class BalanceError(RuntimeError):
+    """Rows in a stage do not add up: something was lost without being counted."""
+
+
+@dataclass
+class Balance:
+    """``n_in`` items entered; each one is either ``n_out`` or skipped for a counted reason."""
+
+    n_in: int
+    n_out: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def check(self, unit: str) -> None:
+        n_skipped = sum(self.skipped.values())
+        if self.n_in != self.n_out + n_skipped:
+            raise BalanceError(
+                f"{unit}: {self.n_in} in != {self.n_out} out + {n_skipped} skipped {self.skipped}"
+            )
+
+
+@dataclass
+class Manifest:
+    stage: str
+    config_hash: str
+    inputs: dict[str, str]
+    balances: dict[str, Balance]
+    extra: dict = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    finished_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Manifest":
+        data = json.loads((Path(folder) / MANIFEST).read_text())
+        data["balances"] = {k: Balance(**v) for k, v in data["balances"].items()}
+        return cls(**data)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def fingerprint(path: str | Path) -> str:
+    """Identify an input: a stage folder by its manifest, anything else by names, sizes, mtimes."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.relative_to(path) if f != path else f.name}:{stat.st_size}:"
+                      f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def find_complete(out_dir: str | Path, config_hash: str, inputs: dict[str, str]) -> Manifest | None:
+    """The manifest of a finished output made with these settings from these inputs, else None."""
+    out_dir = Path(out_dir)
+    if not (out_dir / MANIFEST).is_file():
+        return None
+    try:
+        manifest = Manifest.read(out_dir)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if manifest.config_hash == config_hash and manifest.inputs == inputs:
+        return manifest
+    return None
+
+
+@contextlib.contextmanager
+def stage_output(out_dir: str | Path, stage: str, config_hash: str,
+                 inputs: dict[str, str]) -> Iterator[tuple[Path, Manifest]]:
+    """Yield a temporary folder and a manifest to fill; publish both atomically on success.
+
+    Usage::
+
+        with stage_output(run / "chunks", "ingest", cfg.config_hash(), inputs) as (tmp, manifest):
+            pq.write_table(table, tmp / "chunks.parquet")
+            manifest.balances["documents"] = Balance(n_in, n_out, skipped)
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    manifest = Manifest(stage=stage, config_hash=config_hash, inputs=inputs, balances={})
+    started = time.monotonic()
+    try:
+        yield tmp, manifest
+        for unit, balance in manifest.balances.items():
+            balance.check(f"{stage}/{unit}")
+        manifest.versions = package_versions()
+        manifest.seconds = round(time.monotonic() - started, 2)
+        manifest.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (tmp / MANIFEST).write_text(manifest.to_json())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def log(message: str) -> None:
+    """Stage progress goes to stderr, so stdout stays for results (tables, JSON)."""
+    print(f"[customir] {message}", file=sys.stderr, flush=True)

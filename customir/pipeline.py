@@ -1,0 +1,77 @@
+"""The whole run: ingest → generate → mine → verify → train → evaluate → export → serve check.
+
+Each stage reads the previous stage's folder under ``run_dir`` and skips itself when its output
+is already complete for the same settings and inputs, so an interrupted run resumes where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from customir.config import ConfigError, PipelineConfig
+from customir.manifest import log
+from customir.runtime import ray_session
+
+
+def run_pipeline(config: PipelineConfig, *, serve_check: bool = True) -> dict:
+    """Run every stage; return {stage: seconds} and the serving check's figures."""
+    from customir.corpus import ingest
+    from customir.evaluate import evaluate
+    from customir.export import onnx
+    from customir.negatives import mine, verify
+    from customir.queries import generate
+    from customir.train import trainer
+
+    if not config.corpus:
+        raise ConfigError("the config names no corpus folder (corpus: PATH)")
+    run = Path(config.run_dir)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        started = time.monotonic()
+        result = fn(*args, **kwargs)
+        timings[name] = round(time.monotonic() - started, 1)
+        return result
+
+    with ray_session(config.ray):
+        timed("ingest", ingest.run, config.corpus, run, config.ingest, config.train)
+        timed("generate", generate.run, run / "chunks", run, config.generate)
+        timed("mine", mine.run, run / "queries", run / "chunks", run, config.mine)
+        timed("verify", verify.run, run / "candidates", run / "chunks", run, config.verify)
+        timed("train", trainer.run, run / "triples", run / "chunks", run, config.train)
+        evaluation = timed("evaluate", evaluate.run, run / "chunks", run / "triples",
+                           run / "train", run, config.evaluate, config.train.base_model,
+                           config.mine)
+        timed("export", onnx.run, run / "train" / trainer.MODEL_DIR, run / "chunks", run,
+              config.export)
+        check = timed("serve_check", check_serving, run / "export", config) if serve_check else None
+    log(f"run finished: {timings}")
+    return {"timings": timings, "serve_check": check, "evaluation": evaluation.extra["sets"]}
+
+
+def check_serving(export_dir: Path, config: PipelineConfig) -> dict:
+    """Start the server, embed sample texts through the real `openai` client, compare with the
+    exported model run directly, and stop the server."""
+    import numpy as np
+    from openai import OpenAI
+
+    from customir.serve import app
+    from customir.serve.encoder import OnnxEncoder
+
+    texts = ["What does this corpus say about treatment outcomes?", "protein folding"]
+    url = app.start(export_dir, config.serve)
+    try:
+        client = OpenAI(base_url=url, api_key="unused", max_retries=2, timeout=60)
+        reply = client.embeddings.create(model=config.serve.model_name, input=texts)
+        served = np.array([d.embedding for d in reply.data], dtype=np.float32)
+    finally:
+        app.stop()
+    direct = OnnxEncoder(export_dir).encode(texts)
+    cosine = float(np.min(np.sum(served * direct, axis=1) /
+                          (np.linalg.norm(served, axis=1) * np.linalg.norm(direct, axis=1))))
+    result = {"url": url, "dimension": int(served.shape[1]), "min_cosine_vs_onnx": cosine,
+              "prompt_tokens": reply.usage.prompt_tokens}
+    log(f"serve check: {result}")
+    return result

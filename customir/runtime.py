@@ -1,0 +1,100 @@
+"""Ray connection and the one Ray Data pattern the batch stages share.
+
+Local and cluster runs are the same code: :func:`ray_session` joins the cluster named by the
+config or ``RAY_ADDRESS`` and otherwise starts a local one with this machine's CPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from customir.config import RayConfig
+from customir.manifest import log
+
+# Environment every Ray worker gets: models come from packages, llama.cpp threads sleep when idle.
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+SKIP_REASON = "skip_reason"
+SKIP_DETAIL = "skip_detail"
+
+
+@contextlib.contextmanager
+def ray_session(config: RayConfig | None = None) -> Iterator[None]:
+    """Use a running Ray (if this process already joined one), a named cluster, or a local one."""
+    import ray
+
+    config = config or RayConfig()
+    if ray.is_initialized():
+        yield
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": dict(WORKER_ENV)}
+    if address:
+        log(f"joining Ray cluster at {address}")
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        # A cluster we start ourselves lives and dies with this process; Ray 2.60's token auth
+        # protects shared clusters and only gets in the way here.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        num_cpus = config.num_cpus or os.cpu_count() or 1
+        log(f"starting a local Ray cluster with {num_cpus} CPUs")
+        ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def map_parquet(input_dir: Path, udf: type, *, constructor_kwargs: dict[str, Any],
+                batch_size: int, concurrency: int = 1, num_cpus: float = 1) -> pa.Table:
+    """Run ``udf`` (a callable class) over a Parquet folder with Ray Data; return all its rows.
+
+    UDFs return rows in their output schema plus ``skip_reason``/``skip_detail`` columns, so a
+    stage can count every input it did not use (see :func:`split_skips`).
+    """
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ds = ray.data.read_parquet(str(input_dir))
+    ds = ds.map_batches(udf, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size,
+                        batch_format="pyarrow", num_cpus=num_cpus,
+                        compute=ray.data.ActorPoolStrategy(size=concurrency))
+    # Stage outputs here are small next to their inputs (queries, ids, scores), so they are
+    # gathered in the driver and written as one typed file with the manifest.
+    refs = ds.to_arrow_refs()
+    tables = [t for t in ray.get(refs) if t.num_rows]
+    return pa.concat_tables(tables) if tables else None
+
+
+def split_skips(table: pa.Table | None, schema: pa.Schema, stage: str,
+                item_column: str) -> tuple[pa.Table, list[dict]]:
+    """Separate a UDF's output into kept rows (cast to ``schema``) and skip records."""
+    import pyarrow.compute as pc
+
+    from customir.schemas import conform
+
+    if table is None:
+        return schema.empty_table(), []
+    skipped_mask = pc.is_valid(table[SKIP_REASON])
+    kept = conform(table.filter(pc.invert(skipped_mask)), schema)
+    skipped_rows = table.filter(skipped_mask).select([item_column, SKIP_REASON, SKIP_DETAIL])
+    skips = [{"stage": stage, "item": r[item_column], "reason": r[SKIP_REASON],
+              "detail": r[SKIP_DETAIL]} for r in skipped_rows.to_pylist()]
+    return kept, skips
+
+
+def with_skip_columns(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field(SKIP_REASON, pa.string())).append(
+        pa.field(SKIP_DETAIL, pa.string()))

@@ -1,0 +1,98 @@
+"""The OpenAI embeddings wire format (the subset this server implements), as pydantic models.
+
+The official ``openai`` client asks for ``encoding_format="base64"`` by default (little-endian
+float32 bytes), so both formats are served.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+
+class EmbeddingRequest(BaseModel):
+    input: Union[str, list[str], list[int], list[list[int]]] = Field(
+        description="Text or list of texts (token-id input is rejected with a clear error).")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "customir"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class RequestError(ValueError):
+    """A request the server refuses; becomes an OpenAI-style error body."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.status, self.code = message, param, status, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": "invalid_request_error",
+                          "param": self.param, "code": self.code}}
+
+
+def validate_request(request: EmbeddingRequest, served_model: str, dimension: int,
+                     max_items: int) -> list[str]:
+    """The texts to embed, or a RequestError saying what is wrong with the request.
+
+    >>> validate_request(EmbeddingRequest(input="hi"), "m", 384, 10)
+    ['hi']
+    """
+    if request.model is not None and request.model != served_model:
+        raise RequestError(f"model {request.model!r} is not served here; use {served_model!r}",
+                           "model", 404, "model_not_found")
+    if request.dimensions is not None and request.dimensions != dimension:
+        raise RequestError(f"this model returns {dimension} dimensions; 'dimensions' must be "
+                           f"{dimension} or omitted", "dimensions")
+    texts = [request.input] if isinstance(request.input, str) else request.input
+    if not texts:
+        raise RequestError("'input' must not be empty", "input")
+    if not all(isinstance(t, str) for t in texts):
+        raise RequestError("token-id input is not supported; send strings", "input")
+    if len(texts) > max_items:
+        raise RequestError(f"'input' has {len(texts)} items; at most {max_items} per request",
+                           "input")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise RequestError(f"'input' items {empty[:5]} are empty strings", "input")
+    return texts
+
+
+def encode_embedding(vector: np.ndarray, encoding_format: str) -> Union[list[float], str]:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return [float(x) for x in vector]

@@ -1,0 +1,76 @@
+"""From verified triples to training rows (pure functions).
+
+The split is by *document*: every chunk of a document falls in the same split, so no passage of
+a held-out document is ever seen in training — not as a positive and not as a negative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+SPLITS = ("train", "validation", "test")
+
+
+def assign_split(doc_id: str, fractions: tuple[float, float, float], seed: int) -> str:
+    """Deterministic split of a document by a salted hash of its id.
+
+    >>> assign_split("doc-1", (1.0, 0.0, 0.0), 0)
+    'train'
+    >>> assign_split("doc-1", (0.0, 0.0, 1.0), 0)
+    'test'
+    """
+    total = sum(fractions)
+    if total <= 0 or any(f < 0 for f in fractions):
+        raise ValueError(f"split fractions must be >= 0 and sum > 0, got {fractions}")
+    h = int(hashlib.sha1(f"{seed}:{doc_id}".encode()).hexdigest()[:12], 16) / 16 ** 12
+    bound = 0.0
+    for name, fraction in zip(SPLITS, fractions):
+        bound += fraction / total
+        if h < bound:
+            return name
+    return SPLITS[-1]
+
+
+def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
+                        chunk_doc: dict[str, str], allowed_docs: set[str],
+                        hard_negatives: int, seed: int) -> tuple[list[dict], int]:
+    """Rows {anchor, positive, negative_1..n} for the queries whose positive is in allowed_docs.
+
+    Negatives from other splits are never used. A query with fewer than ``hard_negatives``
+    verified negatives is filled with random chunks of other allowed documents (the usual
+    fallback); the number of such fills is returned so the manifest can report it.
+
+    >>> rows, fills = build_training_rows(
+    ...     [{"query": "q", "chunk_id": "a#0", "negative_chunk_ids": ["b#0", "c#0"]}],
+    ...     {"a#0": "A", "b#0": "B", "c#0": "C"}, {"a#0": "a", "b#0": "b", "c#0": "c"},
+    ...     {"a", "b"}, hard_negatives=1, seed=0)
+    >>> rows, fills
+    ([{'anchor': 'q', 'positive': 'A', 'negative_1': 'B'}], 0)
+    """
+    rng = random.Random(seed)
+    pool = sorted(cid for cid, doc in chunk_doc.items() if doc in allowed_docs)
+    rows, fills = [], 0
+    for triple in triples:
+        positive = triple["chunk_id"]
+        doc = chunk_doc.get(positive)
+        if doc not in allowed_docs:
+            continue
+        row = {"anchor": triple["query"], "positive": chunk_text[positive]}
+        negatives = [n for n in triple["negative_chunk_ids"]
+                     if chunk_doc.get(n) in allowed_docs][:hard_negatives]
+        for _ in range(20 * hard_negatives):  # bounded: a tiny pool may have no other document
+            if len(negatives) >= hard_negatives or not pool:
+                break
+            pick = rng.choice(pool)
+            if chunk_doc[pick] != doc and pick not in negatives:
+                negatives.append(pick)
+                fills += 1
+        if len(negatives) < hard_negatives:
+            raise ValueError(f"cannot find {hard_negatives} negatives from other documents "
+                             f"in the training split ({len(pool)} chunks); lower "
+                             "train.hard_negatives or add documents")
+        for i, negative in enumerate(negatives, start=1):
+            row[f"negative_{i}"] = chunk_text[negative]
+        rows.append(row)
+    return rows, fills
