@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: install
 # Everything except the end-to-end run with the real LLM.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check customir tests benchmarks jobs examples
 
 clean:
 	rm -rf runs .pytest_cache

@@ -92,6 +92,7 @@ def _dispatch(args) -> int:
 
         summary = run_pipeline(cfg, serve_check=not args.no_serve_check)
         print(json.dumps(summary, indent=2))
+        print((Path(cfg.run_dir) / "evaluation" / "report.md").read_text())
         if args.serve:
             from customir.serve.app import serve_forever
 
@@ -105,32 +106,31 @@ def _dispatch(args) -> int:
                                                  if v is not None})
         serve_forever(args.export_dir, serve_cfg, cfg.ray)
         return 0
-    from customir.runtime import ray_session
-
     out = Path(args.out)
-    with ray_session(cfg.ray):
-        if cmd == "ingest":
-            from customir.corpus import ingest
-            manifest = ingest.run(args.docs, out, cfg.ingest, cfg.train)
-        elif cmd == "generate":
-            from customir.queries import generate
-            manifest = generate.run(args.chunks, out, cfg.generate)
-        elif cmd == "mine":
-            from customir.negatives import mine
-            manifest = mine.run(args.queries, args.chunks, out, cfg.mine)
-        elif cmd == "verify":
-            from customir.negatives import verify
-            manifest = verify.run(args.candidates, args.chunks, out, cfg.verify)
-        elif cmd == "train":
-            from customir.train import trainer
-            manifest = trainer.run(args.triples, args.chunks, out, cfg.train)
-        elif cmd == "evaluate":
-            from customir.evaluate import evaluate
-            manifest = evaluate.run(args.chunks, args.triples, args.train_dir, out, cfg.evaluate,
-                                    cfg.train.base_model, cfg.mine)
-        else:  # export
-            from customir.export import onnx
-            manifest = onnx.run(args.model_dir, args.chunks, out, cfg.export)
+    if cmd == "ingest":
+        from customir.corpus import ingest
+        manifest = ingest.run(args.docs, out, cfg.ingest, cfg.train)
+    elif cmd == "generate":
+        from customir.queries import generate
+        manifest = generate.run(args.chunks, out, cfg.generate, cfg.ray)
+    elif cmd == "mine":
+        from customir.negatives import mine
+        manifest = mine.run(args.queries, args.chunks, out, cfg.mine, cfg.ray)
+    elif cmd == "verify":
+        from customir.negatives import verify
+        manifest = verify.run(args.candidates, args.chunks, out, cfg.verify, cfg.ray)
+    elif cmd == "train":
+        from customir.train import trainer
+        manifest = trainer.run(args.triples, args.chunks, out, cfg.train, cfg.ray)
+    elif cmd == "evaluate":
+        from customir.evaluate import evaluate
+        manifest = evaluate.run(args.chunks, args.triples, args.train_dir, out, cfg.evaluate,
+                                cfg.train.base_model, cfg.mine)
+    else:  # export
+        from customir.export import onnx
+        manifest = onnx.run(args.model_dir, args.chunks, out, cfg.export)
+    if cmd == "evaluate":
+        print((out / "evaluation" / "report.md").read_text())
     counts = {unit: {"in": b.n_in, "out": b.n_out, "skipped": b.skipped}
               for unit, b in manifest.balances.items()}
     print(json.dumps({"stage": manifest.stage, "counts": counts}, indent=2))

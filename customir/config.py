@@ -93,7 +93,10 @@ class GenerateConfig(_Section):
         description="LLM query kinds to ask for, one query of each per chunk.",
     )
     structural: bool = Field(True, description="Add title/heading pseudo-queries.")
-    min_query_words: int = Field(2, description="Shorter queries are filtered (too_short).")
+    min_query_words: int = Field(2, description="Shorter LLM queries are filtered (too_short).")
+    min_structural_words: int = Field(
+        1, description="Shorter titles/headings are filtered; one word ('Statins') is a fine "
+        "query.")
     max_query_words: int = Field(40, description="Longer queries are filtered (too_long).")
     seed: int = Field(13, description="Seed for choosing which chunks go to the LLM.")
     batch_size: int = Field(4, description="Chunks per Ray Data batch.")

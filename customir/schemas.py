@@ -45,7 +45,7 @@ CANDIDATES = pa.schema(list(QUERIES) + [
 ])
 
 TRIPLES = pa.schema(list(CANDIDATES) + [
-    ("positive_llm_score", pa.float32()),              # mean log P(query | positive); null if unverified
+    ("positive_llm_score", pa.float32()),              # mean log P(query | positive) or null
     ("candidate_llm_scores", pa.list_(pa.float32())),  # aligned with candidate_chunk_ids
     ("candidate_verdicts", pa.list_(pa.string())),     # kept | false_negative | unverified
     ("negative_chunk_ids", pa.list_(pa.string())),     # what training uses
@@ -90,6 +90,13 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
         return pa.concat_tables([conform(t, schema) for t in tables])
     except SchemaError as exc:
         raise SchemaError(f"{path}: {exc}") from None
+
+
+def write_rows(folder: Path, table: pa.Table, skipped: list[dict]) -> None:
+    """Write a stage's rows as ``data/part-0.parquet`` and its skips as ``skipped.parquet``."""
+    (folder / DATA_DIR).mkdir(exist_ok=True)
+    pq.write_table(table, folder / DATA_DIR / "part-0.parquet")
+    pq.write_table(skipped_table(skipped), folder / SKIPPED_FILE)
 
 
 def skipped_table(rows: list[dict]) -> pa.Table:

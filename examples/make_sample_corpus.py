@@ -19,7 +19,9 @@ corpus = {}
 for line in (src / "corpus.jsonl").read_text().splitlines():
     rec = json.loads(line)
     corpus[rec["_id"]] = rec
-queries = {json.loads(l)["_id"]: json.loads(l) for l in (src / "queries.jsonl").read_text().splitlines()}
+queries = {}
+for line in (src / "queries.jsonl").read_text().splitlines():
+    queries[json.loads(line)["_id"]] = json.loads(line)
 qrels: dict[str, list[str]] = {}
 for line in (src / "qrels" / "test.tsv").read_text().splitlines()[1:]:
     qid, did, score = line.strip().split("\t")

@@ -13,14 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from customir.config import IngestConfig, TrainConfig
 from customir.corpus.chunking import chunk_text, clean_text, normalized_key
 from customir.corpus.readers import Document, Skip, iter_documents
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.models import load_tokenizer, resolve_base_model
-from customir.schemas import CHUNKS, DATA_DIR, SKIPPED_FILE, skipped_table
+from customir.schemas import CHUNKS, write_rows
 
 STAGE = "ingest"
 
@@ -99,9 +98,7 @@ def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
         return done
     table, skipped, balances = ingest(corpus, config, base_model)
     with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
-        (tmp / DATA_DIR).mkdir()
-        pq.write_table(table, tmp / DATA_DIR / "part-0.parquet")
-        pq.write_table(skipped_table(skipped), tmp / SKIPPED_FILE)
+        write_rows(tmp, table, skipped)
         manifest.balances.update(balances)
         manifest.extra["skip_reasons"] = dict(Counter(s["reason"] for s in skipped))
         manifest.extra["corpus"] = str(corpus)

@@ -116,7 +116,8 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     positives: dict[str, set[str]] = defaultdict(set)
     for t in triples:
         positives[t["query"]].add(t["chunk_id"])
-    synthetic = {t["query_id"]: t["query"] for t in triples if chunk_doc[t["chunk_id"]] in test_docs}
+    synthetic = {t["query_id"]: t["query"] for t in triples
+                 if chunk_doc[t["chunk_id"]] in test_docs}
     synthetic_qrels = {qid: {c: 1 for c in positives[q]} for qid, q in synthetic.items()}
 
     models = {"base": load_sentence_transformer(base_model),
@@ -139,13 +140,12 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
         sets[beir.name], balances[f"beir:{beir.name}"] = _score_beir(
             beir, models, corpus, chunk_doc, bm25, config, cache)
     with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
-        text = write_report(tmp, sets)
+        write_report(tmp, sets)
         manifest.balances.update(balances)
         manifest.extra["sets"] = {name: {"n_queries": d["n_queries"],
                                          "nDCG@10": {s: round(m[COMPARED_METRIC], 4)
                                                      for s, m in d["results"].items()}}
                                   for name, d in sets.items()}
-    print(text)
     return manifest
 
 
@@ -155,7 +155,7 @@ def _score_beir(beir: BeirEvalConfig, models, corpus, chunk_doc, bm25, config, c
     docs = set(chunk_doc.values())
     judged = {q: rel for q, rel in qrels.items() if q in queries and set(rel) & docs}
     no_text = [q for q in qrels if q not in queries]
-    no_doc = [q for q in qrels if q in queries and not set(rel_docs := qrels[q]) & docs]
+    no_doc = [q for q in qrels if q in queries and not set(qrels[q]) & docs]
     if not judged:
         raise EvalDataError(f"{beir.qrels}: none of its {len(qrels)} queries has both text in "
                             f"{beir.queries} and a relevant document in the corpus")

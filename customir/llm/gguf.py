@@ -84,7 +84,8 @@ def resolve_gguf(model: str) -> Path:
         if path.is_file():
             return path
         raise ModelUnavailable(
-            f"unknown LLM {model!r}: use one of {sorted(EMBEDDED_MODELS)} or a path to a .gguf file")
+            f"unknown LLM {model!r}: use one of {sorted(EMBEDDED_MODELS)} or a path to a "
+            ".gguf file")
     spec = EMBEDDED_MODELS[model]
     target = cache_dir() / f"{spec.name}.gguf"
     stamp = target.with_suffix(".verified")

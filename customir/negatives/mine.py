@@ -14,7 +14,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from customir.config import MineConfig, RayConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
@@ -22,8 +21,7 @@ from customir.negatives.bm25 import BM25Index
 from customir.negatives.selection import select_under_margin
 from customir.runtime import (SKIP_DETAIL, SKIP_REASON, map_parquet, ray_session, split_skips,
                               with_skip_columns)
-from customir.schemas import (CANDIDATES, CHUNKS, DATA_DIR, QUERIES, SKIPPED_FILE, read_table,
-                              skipped_table)
+from customir.schemas import CANDIDATES, CHUNKS, DATA_DIR, QUERIES, read_table, write_rows
 
 STAGE = "mine"
 OUTPUT = with_skip_columns(CANDIDATES)
@@ -66,7 +64,7 @@ class BM25Miner:
 
 def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, config: MineConfig,
         ray_config: RayConfig | None = None) -> Manifest:
-    queries_dir, chunks_dir = Path(queries_dir), Path(chunks_dir)
+    queries_dir, chunks_dir = Path(queries_dir).resolve(), Path(chunks_dir).resolve()
     out = Path(run_dir) / "candidates"
     inputs = {"queries": fingerprint(queries_dir), "chunks": fingerprint(chunks_dir)}
     if done := find_complete(out, config.config_hash(), inputs):
@@ -86,9 +84,7 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
     table, skips = split_skips(rows, CANDIDATES, STAGE, "query_id")
     counts = table.column("candidate_chunk_ids").to_pylist()
     with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
-        (tmp / DATA_DIR).mkdir()
-        pq.write_table(table, tmp / DATA_DIR / "part-0.parquet")
-        pq.write_table(skipped_table(skips), tmp / SKIPPED_FILE)
+        write_rows(tmp, table, skips)
         manifest.balances["queries"] = Balance(queries.num_rows, table.num_rows,
                                                dict(Counter(s["reason"] for s in skips)))
         manifest.extra.update({

@@ -17,14 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from customir.config import RayConfig, VerifyConfig
 from customir.llm.prompts import build_scoring_prompt, scoring_continuation
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.runtime import map_parquet, ray_session, split_skips, with_skip_columns
-from customir.schemas import CANDIDATES, CHUNKS, DATA_DIR, SKIPPED_FILE, TRIPLES, read_table, \
-    skipped_table
+from customir.schemas import CANDIDATES, CHUNKS, DATA_DIR, TRIPLES, read_table, write_rows
 
 STAGE = "verify"
 OUTPUT = with_skip_columns(TRIPLES)
@@ -86,7 +84,7 @@ class NegativeVerifier:
 
 def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         config: VerifyConfig, ray_config: RayConfig | None = None) -> Manifest:
-    candidates_dir, chunks_dir = Path(candidates_dir), Path(chunks_dir)
+    candidates_dir, chunks_dir = Path(candidates_dir).resolve(), Path(chunks_dir).resolve()
     out = Path(run_dir) / "triples"
     inputs = {"candidates": fingerprint(candidates_dir), "chunks": fingerprint(chunks_dir)}
     if done := find_complete(out, config.config_hash(), inputs):
@@ -113,9 +111,7 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         skipped["unverified_dropped"] = verdicts[UNVERIFIED]
     checked = verdicts[KEPT] + verdicts[FALSE_NEGATIVE]
     with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
-        (tmp / DATA_DIR).mkdir()
-        pq.write_table(table, tmp / DATA_DIR / "part-0.parquet")
-        pq.write_table(skipped_table(skips), tmp / SKIPPED_FILE)
+        write_rows(tmp, table, skips)
         manifest.balances["queries"] = Balance(candidates.num_rows, table.num_rows,
                                                dict(Counter(s["reason"] for s in skips)))
         manifest.balances["candidates"] = Balance(n_candidates, n_negatives,

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from customir.config import GenerateConfig, RayConfig
 from customir.llm.prompts import ReplyError, build_query_messages, parse_query_reply, query_schema
@@ -23,7 +22,7 @@ from customir.queries.filtering import (choose_llm_chunks, first_chunks_under_he
                                         reject_reason, structural_queries)
 from customir.runtime import (SKIP_DETAIL, SKIP_REASON, map_parquet, ray_session, split_skips,
                               with_skip_columns)
-from customir.schemas import CHUNKS, DATA_DIR, QUERIES, SKIPPED_FILE, read_table, skipped_table
+from customir.schemas import CHUNKS, DATA_DIR, QUERIES, read_table, write_rows
 
 STAGE = "generate"
 OUTPUT = with_skip_columns(QUERIES)
@@ -43,8 +42,8 @@ class QueryWriter:
         self.config = config
         self.llm_chunk_ids = llm_chunk_ids
         self.heading_chunk_ids = heading_chunk_ids
-        self.llm = load_llm(config.llm) if llm_chunk_ids and config.kinds else None
-        self.schema = query_schema(config.kinds) if config.kinds else None
+        self.llm = load_llm(config.llm) if llm_chunk_ids else None
+        self.schema = query_schema(config.kinds) if llm_chunk_ids else None
 
     def _llm_queries(self, chunk: dict) -> tuple[list[tuple[str, str]], str | None]:
         messages = build_query_messages(chunk["text"], self.config.kinds, chunk.get("title"))
@@ -61,7 +60,7 @@ class QueryWriter:
             if self.config.structural:
                 first = chunk["chunk_id"] in self.heading_chunk_ids
                 candidates += [(k, q, "structural") for k, q in structural_queries(chunk, first)]
-            if chunk["chunk_id"] in self.llm_chunk_ids and self.config.kinds:
+            if chunk["chunk_id"] in self.llm_chunk_ids:
                 pairs, error = self._llm_queries(chunk)
                 if error is not None:
                     rows.append({"query_id": None, "query": None, "kind": REPLY_ERROR_KIND,
@@ -71,8 +70,9 @@ class QueryWriter:
                 candidates += [(k, q, f"llm:{self.llm.name}") for k, q in pairs]
             seen = set()
             for kind, query, origin in candidates:
-                reason = reject_reason(query, chunk["text"], self.config.min_query_words,
-                                       self.config.max_query_words)
+                min_words = (self.config.min_structural_words if origin == "structural"
+                             else self.config.min_query_words)
+                reason = reject_reason(query, chunk["text"], min_words, self.config.max_query_words)
                 if reason is None and query.lower() in seen:
                     reason = "duplicate"
                 seen.add(query.lower())
@@ -100,14 +100,15 @@ def _balances(all_rows: pa.Table | None, llm_chunk_ids: set[str]) -> dict[str, B
 def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
         ray_config: RayConfig | None = None) -> Manifest:
     """Write ``run_dir/queries``; skip the work when an identical output is already there."""
-    chunks_dir, out = Path(chunks_dir), Path(run_dir) / "queries"
+    chunks_dir, out = Path(chunks_dir).resolve(), Path(run_dir).resolve() / "queries"
     inputs = {"chunks": fingerprint(chunks_dir)}
     if done := find_complete(out, config.config_hash(), inputs):
         log(f"generate: up to date ({done.balances['queries'].n_out} queries), skipping")
         return done
     meta = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "chunk_index", "heading"])
     cols = meta.to_pydict()
-    llm_ids = choose_llm_chunks(cols["chunk_id"], config.max_llm_chunks, config.seed)
+    llm_ids = (choose_llm_chunks(cols["chunk_id"], config.max_llm_chunks, config.seed)
+               if config.kinds else set())
     heading_ids = first_chunks_under_headings(cols["doc_id"], cols["chunk_index"], cols["heading"],
                                               cols["chunk_id"])
     log(f"generate: {meta.num_rows} chunks, {len(llm_ids)} go to the LLM ({config.llm.model})")
@@ -118,9 +119,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
                            batch_size=config.batch_size)
     table, skips = split_skips(rows, QUERIES, STAGE, "chunk_id")
     with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
-        (tmp / DATA_DIR).mkdir()
-        pq.write_table(table, tmp / DATA_DIR / "part-0.parquet")
-        pq.write_table(skipped_table(skips), tmp / SKIPPED_FILE)
+        write_rows(tmp, table, skips)
         manifest.balances.update(_balances(rows, llm_ids))
         manifest.extra["kinds"] = dict(Counter(table.column("kind").to_pylist()))
         manifest.extra["llm"] = config.llm.model

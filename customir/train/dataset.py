@@ -74,3 +74,41 @@ def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
             row[f"negative_{i}"] = chunk_text[negative]
         rows.append(row)
     return rows, fills
+
+
+def largest_fillable_batch(rows: list[dict], batch_size: int, trials: int = 5,
+                           seed: int = 0) -> int:
+    """The largest batch size <= ``batch_size`` that sentence-transformers' no-duplicates sampler
+    can fill from ``rows``.
+
+    That sampler puts a row in a batch only if none of its texts is already there, and under DDP
+    (Ray Train) it drops incomplete batches — so a small or repetitive training set can yield no
+    batch at all and train zero steps. This mirrors its greedy fill on a few shuffles and keeps
+    the largest size that fills a first batch in every one.
+
+    >>> rows = [{"anchor": f"q{i}", "positive": f"p{i % 2}"} for i in range(6)]
+    >>> largest_fillable_batch(rows, 4)
+    2
+    """
+    rng = random.Random(seed)
+    orders = [list(range(len(rows)))]
+    for _ in range(trials - 1):
+        orders.append(rng.sample(orders[0], len(rows)))
+    values = [set(row.values()) for row in rows]
+
+    def fills(size: int, order: list[int]) -> bool:
+        seen: set[str] = set()
+        taken = 0
+        for i in order:
+            if values[i] & seen:
+                continue
+            seen |= values[i]
+            taken += 1
+            if taken == size:
+                return True
+        return False
+
+    size = min(batch_size, len(rows))
+    while size > 1 and not all(fills(size, order) for order in orders):
+        size -= 1
+    return max(size, 1)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a hand-checkable corpus, a session-wide local Ray cluster, loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Ten short passages whose BM25 order is easy to check by hand: for "aspirin heart", d1 has both
+# terms, d5 has the rarer "aspirin" (df 2), and d2, d3, d9 share the common "heart" (df 4).
+PASSAGES = {
+    "d1": ("Aspirin and the heart", "Aspirin reduces the risk of heart attack in adults."),
+    "d2": ("Statins", "Statins lower cholesterol and reduce heart disease in patients."),
+    "d3": ("Exercise", "Regular exercise improves heart health and mood."),
+    "d4": ("Vitamin D", "Vitamin D supports bone density in older adults."),
+    "d5": ("Aspirin risks", "Aspirin can cause stomach bleeding at high doses."),
+    "d6": ("Sleep", "Sleep deprivation impairs memory and attention in students."),
+    "d7": ("Coffee", "Coffee consumption is linked to alertness and focus."),
+    "d8": ("Green tea", "Green tea contains antioxidants called catechins."),
+    "d9": ("Smoking", "Smoking damages the lungs and the heart over many years."),
+    "d10": ("Meditation", "Meditation may reduce stress and anxiety in workers."),
+}
+
+
+@pytest.fixture
+def fixture_corpus(tmp_path: Path) -> Path:
+    """The ten passages as one jsonl file (ids d1..d10 with titles)."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    with open(root / "passages.jsonl", "w") as fh:
+        for doc_id, (title, text) in PASSAGES.items():
+            fh.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every test that needs Ray (starting one takes ~4 s)."""
+    import ray
+
+    from customir.runtime import WORKER_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": dict(WORKER_ENV)})
+    yield
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

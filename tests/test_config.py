@@ -1,0 +1,45 @@
+import pytest
+
+from customir.config import ConfigError, LLMBackend, load_config
+
+
+def test_yaml_paths_resolve_against_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("corpus: docs\nrun_dir: out\ngenerate:\n  max_llm_chunks: 5\n")
+    cfg = load_config(path)
+    assert cfg.corpus == str(tmp_path / "docs")
+    assert cfg.run_dir == str(tmp_path / "out")
+    assert cfg.generate.max_llm_chunks == 5
+    assert cfg.generate.llm.backend == LLMBackend.llamacpp
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    cfg = load_config(None, ["train.epochs=2.5", "generate.llm.backend=scripted",
+                             "mine.stemmer=null"])
+    assert cfg.train.epochs == 2.5
+    assert cfg.generate.llm.backend == LLMBackend.scripted
+    assert cfg.mine.stemmer is None
+
+
+def test_config_hash_changes_with_settings():
+    a, b = load_config(), load_config(None, ["mine.top_k=5"])
+    assert a.mine.config_hash() != b.mine.config_hash()
+    assert a.train.config_hash() == b.train.config_hash()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("corpus: [unclosed", "not valid YAML"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("mine:\n  top_kk: 3\n", "top_kk"),
+    ("train:\n  epochs: many\n", "epochs"),
+])
+def test_bad_config_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_bad_override():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.epochs"])

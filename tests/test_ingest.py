@@ -1,0 +1,102 @@
+"""Ingest: every format, every bad input as a counted skip with its reason, balances hold."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from customir.config import IngestConfig
+from customir.corpus import ingest
+from customir.corpus.chunking import chunk_text, clean_text
+from customir.manifest import Manifest
+from customir.models import load_tokenizer, resolve_base_model
+from customir.schemas import CHUNKS, read_table
+
+
+@pytest.fixture(scope="module")
+def count_tokens():
+    tokenizer = load_tokenizer(str(resolve_base_model("all-MiniLM-L6-v2")))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def test_chunks_respect_the_token_budget(count_tokens):
+    text = " ".join(f"Sentence number {i} talks about cardiology outcomes." for i in range(60))
+    chunks = chunk_text(text, 50, count_tokens)
+    assert len(chunks) > 5
+    assert all(count_tokens(c) <= 50 for c in chunks)
+    assert " ".join(chunks).split() == text.split()  # nothing lost, order kept
+
+
+def test_an_unpunctuated_blob_is_split_by_words(count_tokens):
+    text = "word " * 1000
+    chunks = chunk_text(text, 64, count_tokens)
+    assert all(count_tokens(c) <= 64 for c in chunks)
+    assert sum(len(c.split()) for c in chunks) == 1000
+
+
+def test_clean_text_removes_control_characters_and_blank_runs():
+    assert clean_text("Title\x07\r\n\r\n\r\nBody   text\u00a0here") == "Title\n\nBody text here"
+
+
+def _write_messy_corpus(root):
+    (root / "sub").mkdir(parents=True)
+    (root / "guide.md").write_text("# Guide\n\nIntro paragraph about setup steps and tools.\n\n"
+                                   "## Install\n\nRun the installer and follow every prompt.\n")
+    (root / "sub" / "note.txt").write_text("A plain text note about quarterly revenue growth.\n")
+    (root / "page.html").write_text("<html><head><title>Page</title><script>var x=1;</script>"
+                                    "</head><body><h1>Page</h1><p>Hypertext content about "
+                                    "network routing tables.</p></body></html>")
+    records = [
+        {"_id": "r1", "title": "Record one", "text": "The first record describes solar panels."},
+        "this line is not json",
+        {"_id": "r2", "body_text": "no known text field here"},
+        {"_id": "r1", "text": "A second record reusing the id r1 for something else."},
+        ["a", "list"],
+        {"_id": "r3", "text": "The first record describes solar panels."},  # duplicate text
+    ]
+    with open(root / "records.jsonl", "w") as fh:
+        for rec in records:
+            fh.write((rec if isinstance(rec, str) else json.dumps(rec)) + "\n")
+    (root / "binary.txt").write_bytes(b"\x00\x01\x02binary")
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (root / "image.png").write_bytes(b"\x89PNG....")
+    (root / "empty.md").write_text("   \n\n")
+    (root / ".hidden.txt").write_text("secret")
+    (root / "tiny.txt").write_text("ok")
+    (root / "broken.parquet").write_bytes(b"not parquet at all")
+    (root / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+
+
+def test_messy_folder_counts_every_input(tmp_path):
+    root = tmp_path / "docs"
+    _write_messy_corpus(root)
+    manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    docs, chunks = manifest.balances["documents"], manifest.balances["chunks"]
+    assert docs.skipped == {"invalid_json": 1, "no_text_field": 1, "duplicate_doc_id": 1,
+                            "not_an_object": 1, "binary_file": 1, "not_utf8": 1,
+                            "unsupported_format": 1, "empty_text": 1, "hidden_file": 1,
+                            "unreadable_parquet": 1, "unreadable_pdf": 1}
+    assert docs.n_out == 6  # guide.md, note.txt, page.html, r1, r3, tiny.txt
+    assert docs.n_in == docs.n_out + sum(docs.skipped.values())
+    assert chunks.skipped == {"duplicate": 1, "too_short": 1}
+    table = read_table(tmp_path / "run" / "chunks", CHUNKS)
+    assert table.num_rows == chunks.n_out == 5  # guide.md gives two (intro, Install)
+    rows = {r["chunk_id"]: r for r in table.to_pylist()}
+    assert rows["guide.md#0"]["title"] == "Guide" and rows["guide.md#0"]["heading"] is None
+    assert rows["guide.md#1"]["heading"] == "Install"
+    assert rows["page.html#0"]["title"] == "Page" and "var x" not in rows["page.html#0"]["text"]
+    assert rows["r1#0"]["title"] == "Record one"
+    skipped = pq.read_table(tmp_path / "run" / "chunks" / "skipped.parquet").to_pylist()
+    assert {"stage": "ingest", "item": "records.jsonl:2", "reason": "invalid_json",
+            "detail": "Expecting value"} in skipped
+    assert len(skipped) == sum(docs.skipped.values()) + sum(chunks.skipped.values())
+
+
+def test_rerun_is_skipped_and_a_change_reruns(tmp_path, fixture_corpus):
+    first = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
+    again = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
+    assert again.finished_at == first.finished_at
+    assert Manifest.read(tmp_path / "run" / "chunks").config_hash == first.config_hash
+    (fixture_corpus / "extra.txt").write_text("A new document about renal function tests.")
+    third = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
+    assert third.balances["documents"].n_out == first.balances["documents"].n_out + 1

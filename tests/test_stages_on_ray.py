@@ -1,0 +1,82 @@
+"""generate → mine → verify on a real local Ray cluster with the scripted LLM double."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from customir.config import GenerateConfig, IngestConfig, LLMConfig, MineConfig, VerifyConfig
+from customir.corpus import ingest
+from customir.negatives import mine, verify
+from customir.queries import generate
+from customir.schemas import CANDIDATES, QUERIES, TRIPLES, SchemaError, read_table
+
+pytestmark = pytest.mark.ray
+SCRIPTED = LLMConfig(backend="scripted")
+
+
+@pytest.fixture
+def run_dir(tmp_path, fixture_corpus, ray_cluster):
+    # One passage whose LLM reply is garbage, to exercise the counted error path.
+    with open(fixture_corpus / "passages.jsonl", "a") as fh:
+        fh.write(json.dumps({"_id": "bad", "title": "Garbage",
+                             "text": "[[garbage]] this passage makes the scripted LLM fail."})
+                 + "\n")
+    ingest.run(fixture_corpus, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    return tmp_path / "run"
+
+
+def test_generate_counts_queries_and_reply_errors(run_dir):
+    manifest = generate.run(run_dir / "chunks", run_dir, GenerateConfig(llm=SCRIPTED,
+                                                                        batch_size=3))
+    llm_chunks, queries = manifest.balances["llm_chunks"], manifest.balances["queries"]
+    assert (llm_chunks.n_in, llm_chunks.n_out, llm_chunks.skipped) == (11, 10,
+                                                                       {"llm_reply_error": 1})
+    table = read_table(run_dir / "queries", QUERIES)
+    assert table.num_rows == queries.n_out
+    kinds = table.column("kind").to_pylist()
+    assert kinds.count("title") == 11  # one-word titles ("Statins") are kept
+    assert {"keyword", "question", "claim"} <= set(kinds)
+    skipped = pq.read_table(run_dir / "queries" / "skipped.parquet").to_pylist()
+    reasons = [s["reason"] for s in skipped]
+    assert reasons.count("llm_reply_error") == 1
+    assert sum(queries.skipped.values()) == len(reasons) - 1
+    assert {s["item"] for s in skipped if s["reason"] == "llm_reply_error"} == {"bad#0"}
+
+
+def test_mine_then_verify(run_dir):
+    generate.run(run_dir / "chunks", run_dir, GenerateConfig(llm=SCRIPTED, kinds=["keyword"]))
+    n_queries = read_table(run_dir / "queries", QUERIES).num_rows
+    mined = mine.run(run_dir / "queries", run_dir / "chunks", run_dir,
+                     MineConfig(num_negatives=2, top_k=10))
+    assert mined.balances["queries"].n_in == mined.balances["queries"].n_out == n_queries
+    rows = read_table(run_dir / "candidates", CANDIDATES).to_pylist()
+    aspirin = next(r for r in rows if r["query"] == "Aspirin and the heart")
+    assert aspirin["chunk_id"] == "d1#0"
+    assert "d1#0" not in aspirin["candidate_chunk_ids"]
+    assert aspirin["candidate_chunk_ids"][0] == "d5#0"  # the other aspirin passage
+    assert all(s <= 0.95 * aspirin["positive_score"] for s in aspirin["candidate_scores"])
+    statins = next(r for r in rows if r["query"] == "Statins")
+    assert statins["candidate_chunk_ids"] == []  # no other passage shares its only term
+    with_candidates = sum(1 for r in rows if r["candidate_chunk_ids"])
+    assert with_candidates >= 2
+
+    verified = verify.run(run_dir / "candidates", run_dir / "chunks", run_dir,
+                          VerifyConfig(llm=SCRIPTED, max_queries=2))
+    triples = read_table(run_dir / "triples", TRIPLES).to_pylist()
+    checked = [r for r in triples if r["positive_llm_score"] is not None]
+    assert len(checked) == 2 == verified.extra["verified_queries"]
+    for row in checked:
+        for score, verdict in zip(row["candidate_llm_scores"], row["candidate_verdicts"]):
+            assert verdict == ("false_negative" if score >= row["positive_llm_score"] else "kept")
+    unchecked = [r for r in triples if r["positive_llm_score"] is None]
+    assert all(set(r["candidate_verdicts"]) <= {"unverified"} for r in unchecked)
+    balance = verified.balances["candidates"]
+    assert balance.n_in == mined.extra["candidates"]
+    assert balance.n_out == sum(len(r["negative_chunk_ids"]) for r in triples)
+    assert balance.n_in == balance.n_out + balance.skipped.get("false_negative", 0)
+
+
+def test_a_stage_run_on_the_wrong_folder_names_the_missing_columns(run_dir):
+    with pytest.raises(SchemaError, match="missing columns"):
+        mine.run(run_dir / "chunks", run_dir / "chunks", run_dir, MineConfig())

@@ -1,0 +1,47 @@
+import pytest
+
+from customir.train.dataset import assign_split, build_training_rows, largest_fillable_batch
+
+
+def test_split_is_by_document_and_deterministic():
+    docs = [f"doc{i}" for i in range(2000)]
+    splits = [assign_split(d, (0.8, 0.1, 0.1), 7) for d in docs]
+    assert splits == [assign_split(d, (0.8, 0.1, 0.1), 7) for d in docs]
+    share = splits.count("test") / len(docs)
+    assert 0.07 < share < 0.13
+    with pytest.raises(ValueError, match="fractions"):
+        assign_split("d", (0, 0, 0), 1)
+
+
+def test_rows_never_use_text_from_other_splits():
+    text = {c: c.upper() for c in ("a#0", "b#0", "t#0", "c#0")}
+    doc = {"a#0": "a", "b#0": "b", "t#0": "t", "c#0": "c"}
+    triples = [{"query": "qa", "chunk_id": "a#0", "negative_chunk_ids": ["t#0", "b#0"]},
+               {"query": "qt", "chunk_id": "t#0", "negative_chunk_ids": ["a#0"]}]
+    rows, fills = build_training_rows(triples, text, doc, {"a", "b", "c"}, 1, seed=0)
+    assert rows == [{"anchor": "qa", "positive": "A#0", "negative_1": "B#0"}]
+    assert fills == 0
+
+
+def test_missing_negatives_are_filled_from_other_documents():
+    text = {"a#0": "A", "a#1": "A1", "b#0": "B"}
+    doc = {"a#0": "a", "a#1": "a", "b#0": "b"}
+    rows, fills = build_training_rows([{"query": "q", "chunk_id": "a#0",
+                                        "negative_chunk_ids": []}], text, doc, {"a", "b"}, 1, 0)
+    assert rows[0]["negative_1"] == "B" and fills == 1
+
+
+def test_impossible_fill_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot find 1 negatives"):
+        build_training_rows([{"query": "q", "chunk_id": "a#0", "negative_chunk_ids": []}],
+                            {"a#0": "A"}, {"a#0": "a"}, {"a"}, 1, 0)
+
+
+def test_fillable_batch_size_counts_every_column():
+    distinct = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"n{i}"} for i in range(40)]
+    assert largest_fillable_batch(distinct, 32) == 32
+    # Each row's negative is the next row's positive: a batch holds at most every other row (4),
+    # and the sampler's greedy fill on a shuffle may stop at 3.
+    chained = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"p{i + 1}"}
+               for i in range(8)]
+    assert 3 <= largest_fillable_batch(chained, 8) <= 4
