@@ -1,105 +1,235 @@
-"""Serving speed: the ONNX encoder (what the server runs) vs the sentence-transformers model, on
-the same texts in the same process; then the served endpoint over loopback.
+"""Serving throughput and latency: customir's Ray Serve endpoint vs in-process onnxruntime and vs
+infinity-emb serving the same model on the same machine.
 
-    python benchmarks/serving.py [EXPORT_DIR] [--texts 256] [--requests 64]
+    python benchmarks/serving.py [--quick] [--seconds 60] [--export DIR] [--no-infinity]
 
-Without EXPORT_DIR the base MiniLM is exported to a temporary folder first. The last line is one
-JSON object with the figures.
+For each concurrency level (1, 8, 64) a closed loop of that many clients sends one text per
+request for the given seconds (15 with --quick) over loopback and records embeddings/s, p50/p99
+latency and errors. Baselines, on the same texts in the same run:
+
+- in-process: ``OnnxEncoder.encode`` in this process with batches of min(concurrency, 32) texts
+  (what the served graph does without HTTP, Ray and batching waits);
+- infinity-emb 0.0.78 (torch engine, CPU) started by this script from its own virtual
+  environment (it pins numpy<2 and sentence-transformers<4, so it cannot share ours), serving the
+  same MiniLM weights.
+
+The last line is one JSON object: ratio_vs_inprocess_c8, ratio_vs_infinity_c8, errors, p99s.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import asyncio
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-SAMPLE = Path(__file__).parent.parent / "examples" / "sample_corpus" / "abstracts.jsonl"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "sample_corpus" / "abstracts.jsonl"
+LEVELS = (1, 8, 64)
+INFINITY = "infinity-emb[server,torch]==0.0.78"
 
 
-def _texts(n: int) -> list[str]:
-    lines = SAMPLE.read_text().splitlines()
-    return [json.loads(lines[i % len(lines)])["text"][:1000] for i in range(n)]
+def _texts(n: int = 512) -> list[str]:
+    """Sentences of the sample corpus: realistic query/passage-length inputs."""
+    out = []
+    for line in SAMPLE.read_text().splitlines():
+        out += [s.strip() for s in json.loads(line)["text"].split(". ") if len(s) > 30]
+        if len(out) >= n:
+            break
+    return out[:n]
 
 
-def _rate(fn, n: int, repeats: int = 2) -> float:
-    fn()  # warm-up
-    best = min(_timed(fn) for _ in range(repeats))
-    return n / best
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def _timed(fn) -> float:
+async def _load(url: str, payload, concurrency: int, seconds: float, headers=None) -> dict:
+    import httpx
+
+    texts = _texts()
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(worker: int, session: httpx.AsyncClient) -> None:
+        nonlocal errors
+        i = worker
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                response = await session.post(url, json=payload(texts[i % len(texts)]),
+                                              headers=headers)
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            errors += not ok
+            i += concurrency
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(w, session) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"embeddings_per_s": round((len(latencies) - errors) / elapsed, 2),
+            "requests": len(latencies), "errors": errors,
+            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+
+
+def _inprocess(export_dir: Path, concurrency: int, seconds: float) -> float:
+    from customir.serve.encoder import OnnxEncoder
+
+    encoder = OnnxEncoder(export_dir)
+    texts, batch = _texts(), min(concurrency, 32)
+    encoder.encode(texts[:batch])
+    done, i, stop_at = 0, 0, time.perf_counter() + min(seconds, 10)
     started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+    while time.perf_counter() < stop_at:
+        chunk = [texts[(i + j) % len(texts)] for j in range(batch)]
+        encoder.encode(chunk, batch_size=batch)
+        done += batch
+        i += batch
+    return round(done / (time.perf_counter() - started), 2)
+
+
+def _export_base(scratch: Path) -> Path:
+    from customir.config import ExportConfig, IngestConfig
+    from customir.corpus import ingest
+    from customir.export import onnx
+    from customir.models import resolve_base_model
+
+    corpus = scratch / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(_texts(1)[0])
+    ingest.run(corpus, scratch, IngestConfig(min_chunk_tokens=1))
+    onnx.run(resolve_base_model("all-MiniLM-L6-v2"), scratch / "chunks", scratch,
+             ExportConfig(int8=False))
+    return scratch / "export"
+
+
+def _customir(export_dir: Path, seconds: float) -> dict:
+    from customir.config import ServeConfig
+    from customir.runtime import ray_session
+    from customir.serve import app
+
+    config = ServeConfig(port=_free_port(), max_batch_size=32, batch_wait_timeout_s=0.005)
+    results = {}
+    with ray_session():
+        url = app.start(export_dir, config) + "/embeddings"
+        try:
+            asyncio.run(_load(url, lambda t: {"input": t}, 4, 2))  # warm-up
+            for c in LEVELS:
+                results[c] = asyncio.run(_load(url, lambda t: {"input": t}, c, seconds))
+        finally:
+            app.stop()
+    return results
+
+
+def _infinity_python() -> Path:
+    """A virtual environment with infinity-emb, made once under ~/.cache/customir/bench."""
+    venv = Path.home() / ".cache" / "customir" / "bench" / "infinity-venv"
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").is_file():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet"]
+        subprocess.run(pip + ["torch==2.13.0"], check=True)   # the CPU build, first
+        subprocess.run(pip + [INFINITY], check=True)
+        (venv / ".installed").write_text(INFINITY)
+    return python
+
+
+def _infinity(model_dir: Path, seconds: float) -> dict:
+    python = _infinity_python()
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+           "DO_NOT_TRACK": "1"}
+    cli = Path(python).parent / "infinity_emb"
+    log = open(tempfile.mktemp(suffix="-infinity.log"), "w")
+    proc = subprocess.Popen([str(cli), "v2", "--model-id", str(model_dir), "--port", str(port),
+                             "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu",
+                             "--batch-size", "32", "--no-bettertransformer"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import httpx
+
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"infinity-emb exited; see {log.name}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            raise RuntimeError(f"infinity-emb did not become ready; see {log.name}")
+        url = f"http://127.0.0.1:{port}/embeddings"
+        def payload(text: str) -> dict:
+            return {"input": [text], "model": str(model_dir)}
+
+        asyncio.run(_load(url, payload, 4, 2))
+        return {c: asyncio.run(_load(url, payload, c, seconds)) for c in LEVELS}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("export_dir", nargs="?")
-    parser.add_argument("--texts", type=int, default=256)
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="15 s per level")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--export", type=Path, help="an export folder (default: base MiniLM)")
+    parser.add_argument("--no-infinity", action="store_true")
     args = parser.parse_args()
+    seconds = 15.0 if args.quick else args.seconds
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    import httpx
-
-    from customir.config import ExportConfig, IngestConfig, ServeConfig
-    from customir.corpus import ingest
-    from customir.export import onnx
-    from customir.models import load_sentence_transformer, resolve_base_model
-    from customir.runtime import ray_session
-    from customir.serve import app
-    from customir.serve.encoder import EXPORT_CONFIG, OnnxEncoder
-
-    scratch = Path(tempfile.mkdtemp(prefix="customir-bench-"))
-    export_dir = Path(args.export_dir) if args.export_dir else None
-    if export_dir is None:
-        corpus = scratch / "corpus"
-        corpus.mkdir()
-        (corpus / "a.txt").write_text(_texts(1)[0])
-        ingest.run(corpus, scratch, IngestConfig())
-        onnx.run(resolve_base_model("all-MiniLM-L6-v2"), scratch / "chunks", scratch,
-                 ExportConfig())
-        export_dir = scratch / "export"
-    source = json.loads((export_dir / EXPORT_CONFIG).read_text())["source_model"]
-    texts = _texts(args.texts)
-    encoder = OnnxEncoder(export_dir)
-    torch_model = load_sentence_transformer(source)
-    onnx_rate = _rate(lambda: encoder.encode(texts), len(texts))
-    torch_rate = _rate(lambda: torch_model.encode(texts, batch_size=32), len(texts))
-
-    config = ServeConfig(port=8799)
-    with ray_session():
-        url = app.start(export_dir, config)
+    export_dir = args.export or _export_base(Path(tempfile.mkdtemp(prefix="customir-bench-")))
+    model_dir = Path(json.loads((export_dir / "customir_onnx.json").read_text())["source_model"])
+    inprocess = {c: _inprocess(export_dir, c, seconds) for c in LEVELS}
+    served = _customir(export_dir, seconds)
+    infinity = None
+    if not args.no_infinity:
         try:
-            def one(i: int) -> int:
-                return httpx.post(f"{url}/embeddings", json={"input": texts[i % len(texts)]},
-                                  timeout=60).status_code
-            list(map(one, range(4)))  # warm-up
-            started = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                codes = list(pool.map(one, range(args.requests)))
-            served_rate = args.requests / (time.perf_counter() - started)
-        finally:
-            app.stop()
-    ok = sum(c == 200 for c in codes)
-    rows = [("onnx encoder (served)", onnx_rate), ("sentence-transformers (torch)", torch_rate),
-            ("HTTP /v1/embeddings, 8 clients", served_rate)]
-    print(f"{'what':34s} {'texts/s':>10s}")
-    for name, rate in rows:
-        print(f"{name:34s} {rate:10.1f}")
-    print(f"served requests ok: {ok}/{len(codes)}")
-    print(json.dumps({"texts": len(texts), "onnx_texts_per_s": round(onnx_rate, 2),
-                      "torch_texts_per_s": round(torch_rate, 2),
-                      "ratio_vs_torch": round(onnx_rate / torch_rate, 3),
-                      "served_requests_per_s": round(served_rate, 2),
-                      "served_ok": ok, "served_requests": len(codes)}))
+            infinity = _infinity(model_dir, seconds)
+        except Exception as exc:  # noqa: BLE001 - the baseline failing is reported, not fatal
+            print(f"infinity-emb baseline failed: {exc}", file=sys.stderr)
+
+    print(f"{'concurrency':>11} {'customir emb/s':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+          f" {'in-process':>11} {'infinity':>9} {'inf p99':>8}")
+    for c in LEVELS:
+        s = served[c]
+        inf = infinity[c] if infinity else {}
+        print(f"{c:>11} {s['embeddings_per_s']:>15} {s['p50_ms']:>8} {s['p99_ms']:>8} "
+              f"{s['errors']:>6} {inprocess[c]:>11} {inf.get('embeddings_per_s', '-'):>9} "
+              f"{inf.get('p99_ms', '-'):>8}")
+    figures = {
+        "seconds_per_level": seconds,
+        "customir": {str(c): served[c] for c in LEVELS},
+        "inprocess_embeddings_per_s": {str(c): inprocess[c] for c in LEVELS},
+        "infinity": {str(c): infinity[c] for c in LEVELS} if infinity else None,
+        "ratio_vs_inprocess_c8": round(served[8]["embeddings_per_s"] / inprocess[8], 3),
+        "ratio_vs_infinity_c8": round(served[8]["embeddings_per_s"]
+                                      / infinity[8]["embeddings_per_s"], 3) if infinity else None,
+        "errors": sum(served[c]["errors"] for c in LEVELS),
+        "p99_ms": {str(c): served[c]["p99_ms"] for c in LEVELS},
+    }
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

@@ -64,13 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="sentence-transformers folder → RUN_DIR/export (ONNX)")
     p.add_argument("model_dir")
     p.add_argument("--chunks", required=True, help="chunks folder (parity-check samples)")
+    p.add_argument("--triples", help="triples folder: with --train, int8 is also checked on "
+                   "the held-out test split")
+    p.add_argument("--train", help="train stage folder (split)")
     p.add_argument("--out", required=True, help="run folder")
     _common(p)
 
-    p = sub.add_parser("serve", help="serve an exported model at /v1/embeddings")
-    p.add_argument("export_dir", help="folder with model.onnx (RUN_DIR/export)")
+    p = sub.add_parser("serve", help="serve a model at /v1/embeddings")
+    p.add_argument("model", help="a run folder, its export folder, or (backend torch) a "
+                   "sentence-transformers folder")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--backend", help="onnx (default), onnx-int8, torch or tensorrt")
     _common(p)
     return parser
 
@@ -101,10 +106,12 @@ def _dispatch(args) -> int:
     if cmd == "serve":
         from customir.serve.app import serve_forever
 
-        serve_cfg = cfg.serve.model_copy(update={k: v for k, v in
-                                                 {"host": args.host, "port": args.port}.items()
-                                                 if v is not None})
-        serve_forever(args.export_dir, serve_cfg, cfg.ray)
+        from customir.config import ServeConfig
+
+        updates = {"host": args.host, "port": args.port, "backend": args.backend}
+        serve_cfg = ServeConfig.model_validate(
+            {**cfg.serve.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+        serve_forever(args.model, serve_cfg, cfg.ray)
         return 0
     out = Path(args.out)
     if cmd == "ingest":
@@ -128,7 +135,10 @@ def _dispatch(args) -> int:
                                 cfg.train.base_model, cfg.mine)
     else:  # export
         from customir.export import onnx
-        manifest = onnx.run(args.model_dir, args.chunks, out, cfg.export)
+        if bool(args.triples) != bool(args.train):
+            raise ValueError("export: give --triples and --train together (or neither)")
+        manifest = onnx.run(args.model_dir, args.chunks, out, cfg.export, args.triples,
+                            args.train)
     if cmd == "evaluate":
         print((out / "evaluation" / "report.md").read_text())
     counts = {unit: {"in": b.n_in, "out": b.n_out, "skipped": b.skipped}

@@ -178,10 +178,45 @@ class ExportConfig(_Section):
     opset: int = Field(17, description="ONNX opset.")
     min_cosine: float = Field(0.9999, description="Parity check: fail below this cosine.")
     parity_samples: int = Field(32, description="Texts compared between torch and ONNX.")
+    int8: bool = Field(
+        True, description="Also write model.int8.onnx (onnxruntime dynamic quantization), kept "
+        "only if it passes both int8 checks below.")
+    int8_min_cosine: float = Field(0.99, description="int8 vs fp32 cosine floor on the sample.")
+    int8_max_ndcg_drop: float = Field(
+        0.01, description="Largest nDCG@10 loss of int8 vs fp32 on the run's test split.")
+    tensorrt: bool = Field(
+        False, description="Build a TensorRT fp16 engine (model.plan); needs a CUDA GPU and the "
+        "gpu extra.")
+    tensorrt_max_batch: int = Field(64, description="TensorRT profile: largest batch.")
+
+
+class EncoderBackend(str, enum.Enum):
+    """What computes the embeddings behind the server.
+
+    - ``onnx``: onnxruntime on the exported fp32 graph (default; CPU, no torch in the replica).
+    - ``onnx-int8``: the int8 graph, when export accepted it (faster on CPU, cosine >= 0.99).
+    - ``torch``: the sentence-transformers model itself (the reference; any device).
+    - ``tensorrt``: the fp16 TensorRT engine (CUDA GPUs only; needs the gpu extra).
+    """
+
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+    torch = "torch"
+    tensorrt = "tensorrt"
 
 
 class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
+    backend: EncoderBackend = Field(EncoderBackend.onnx, description="Encoder backend.")
+    api_key_env: str | None = Field(
+        None, description="If set, requests need 'Authorization: Bearer <key>' with the key "
+        "from this environment variable.")
+    max_input_chars: int = Field(
+        20000, description="Longer input strings are rejected (400). Within the limit, text is "
+        "truncated to the model's max_seq_length tokens; usage counts the tokens embedded.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, description="Larger request bodies get 413.")
+    target_ongoing_requests: float = Field(
+        4, description="Autoscaling target of in-flight requests per replica.")
     port: int = Field(8000, description="HTTP port.")
     model_name: str = Field("customir-embed", description="Name reported by /v1/models.")
     max_batch_size: int = Field(32, description="Ray Serve @serve.batch size.")

@@ -45,7 +45,7 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True) -> dict:
                            run / "train", run, config.evaluate, config.train.base_model,
                            config.mine)
         timed("export", onnx.run, run / "train" / trainer.MODEL_DIR, run / "chunks", run,
-              config.export)
+              config.export, run / "triples", run / "train")
         check = timed("serve_check", check_serving, run / "export", config) if serve_check else None
     log(f"run finished: {timings}")
     return {"timings": timings, "serve_check": check, "evaluation": evaluation.extra["sets"]}

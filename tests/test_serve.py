@@ -1,22 +1,25 @@
-"""Export the base MiniLM to ONNX, serve it on Ray Serve, call it with the real openai client."""
+"""Export the base MiniLM (fp32 + int8), serve it on Ray Serve, call it with the real openai
+client; every bad request gets its 4xx and the server keeps answering."""
 
 import base64
+import concurrent.futures
 
 import httpx
 import numpy as np
 import openai
 import pytest
 
-from customir.config import ExportConfig, IngestConfig, ServeConfig
+from customir.config import EncoderBackend, ExportConfig, IngestConfig, ServeConfig
 from customir.corpus import ingest
 from customir.export import onnx
 from customir.models import resolve_base_model
 from customir.serve import app
-from customir.serve.encoder import OnnxEncoder
+from customir.serve.encoder import OnnxEncoder, TorchEncoder, load_encoder
 
 from conftest import free_port
 
 pytestmark = pytest.mark.ray
+KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +32,39 @@ def exported(tmp_path_factory):
     manifest = onnx.run(resolve_base_model("all-MiniLM-L6-v2"), run / "chunks", run,
                         ExportConfig())
     assert manifest.extra["parity"]["min_cosine"] >= 0.9999
-    return run / "export"
+    assert manifest.extra["int8"]["accepted"], manifest.extra["int8"]
+    return run
 
 
 @pytest.fixture(scope="module")
-def server(exported, ray_cluster):
-    config = ServeConfig(port=free_port(), model_name="test-embed", max_input_items=8)
-    url = app.start(exported, config)
+def server(exported, ray_cluster, monkeypatch_module):
+    monkeypatch_module.setenv("CUSTOMIR_TEST_KEY", KEY)
+    config = ServeConfig(port=free_port(), model_name="test-embed", max_input_items=8,
+                         max_input_chars=5000, max_body_bytes=200_000,
+                         api_key_env="CUSTOMIR_TEST_KEY")
+    url = app.start(exported, config)  # a run folder: its export/ is served
     yield url, config
     app.stop()
 
 
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _post(url, payload=None, key=KEY, **kwargs):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/embeddings", json=payload, headers=headers, timeout=60, **kwargs)
+
+
 def test_served_embeddings_equal_the_exported_model(server, exported):
-    url, config = server
-    client = openai.OpenAI(base_url=url, api_key="unused")
+    url, _ = server
+    client = openai.OpenAI(base_url=url, api_key=KEY)
     texts = ["what secretes insulin?", "glucose regulation", "an unrelated sentence"]
     reply = client.embeddings.create(model="test-embed", input=texts)  # base64 on the wire
     served = np.array([d.embedding for d in reply.data])
-    direct = OnnxEncoder(exported).encode(texts)
+    direct = OnnxEncoder(exported / "export").encode(texts)
     assert served.shape == (3, 384)
     assert np.min(np.sum(served * direct, axis=1)) >= 0.9999
     assert [d.index for d in reply.data] == [0, 1, 2]
@@ -58,19 +76,30 @@ def test_served_embeddings_equal_the_exported_model(server, exported):
     assert [m.id for m in client.models.list().data] == ["test-embed"]
 
 
-def test_base64_matches_float32_bytes(server):
+def test_health_and_base64(server):
     url, _ = server
-    body = httpx.post(f"{url}/embeddings", json={"input": "hello", "encoding_format": "base64"},
-                      timeout=30).json()
+    health = httpx.get(url.replace("/v1", "/health"), timeout=30).json()
+    assert health == {"status": "ready", "backend": "onnx", "dimension": 384}
+    body = _post(url, {"input": "hello", "encoding_format": "base64"}).json()
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     assert vector.shape == (384,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+
+
+def test_long_input_is_truncated_to_the_model_and_usage_says_so(server):
+    url, _ = server
+    long_text = "glucose " * 600  # ~600 tokens, under the 5,000-character limit
+    body = _post(url, {"input": long_text}).json()
+    assert body["usage"]["prompt_tokens"] == 256  # max_seq_length, [CLS]/[SEP] included
 
 
 @pytest.mark.parametrize("payload, status, message", [
     ({"input": []}, 400, "'input' must not be empty"),
     ({"input": ["ok", "  "]}, 400, "empty strings"),
     ({"input": [[1, 2, 3]]}, 400, "token-id input is not supported"),
-    ({"input": ["x"] * 9}, 400, "at most 8 per request"),
+    ({"input": ["x"] * 10_000}, 400, "at most 8 per request"),
+    ({"input": "x" * 6000}, 400, "at most 5000 per item"),
+    ({"input": 12}, 400, "input"),
+    ({"input": {"text": "x"}}, 400, "input"),
     ({"input": "x", "model": "gpt-4"}, 404, "is not served here"),
     ({"input": "x", "dimensions": 12}, 400, "384 dimensions"),
     ({"input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
@@ -78,23 +107,61 @@ def test_base64_matches_float32_bytes(server):
 ])
 def test_bad_requests_get_openai_style_errors(server, payload, status, message):
     url, _ = server
-    response = httpx.post(f"{url}/embeddings", json=payload, timeout=30)
+    response = _post(url, payload)
     assert response.status_code == status
     error = response.json()["error"]
     assert message in error["message"] and error["type"] == "invalid_request_error"
 
 
-def test_concurrent_requests_are_all_answered(server):
-    import concurrent.futures
+def test_malformed_json_oversized_body_and_keys(server):
+    url, _ = server
+    bad_json = httpx.post(f"{url}/embeddings", content=b'{"input": ["unterminated',
+                          headers={"Authorization": f"Bearer {KEY}",
+                                   "Content-Type": "application/json"}, timeout=30)
+    assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]["message"]
+    huge = _post(url, {"input": "x" * 1_000_000})
+    assert huge.status_code == 413 and "over the limit" in huge.json()["error"]["message"]
+    assert _post(url, {"input": "x"}, key=None).status_code == 401
+    wrong = _post(url, {"input": "x"}, key="wrong-key")
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url, api_key="nope").embeddings.create(model="test-embed",
+                                                                       input="x")
+    # ... and the server still answers.
+    assert _post(url, {"input": "still alive?"}).status_code == 200
 
+
+def test_concurrent_requests_are_all_answered(server):
     url, _ = server
     texts = [f"request number {i}" for i in range(16)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda t: httpx.post(f"{url}/embeddings", json={"input": t},
-                                                     timeout=60).json(), texts))
+        replies = list(pool.map(lambda t: _post(url, {"input": t}).json(), texts))
     assert all(len(r["data"][0]["embedding"]) == 384 for r in replies)
 
 
+def test_int8_and_torch_backends_agree_with_fp32(exported):
+    texts = ["what secretes insulin?", "glucose regulation"]
+    fp32 = load_encoder(exported / "export", EncoderBackend.onnx).encode(texts)
+    int8 = load_encoder(exported / "export", EncoderBackend.onnx_int8).encode(texts)
+    torch_emb = TorchEncoder(exported / "export").encode(texts)
+    assert np.min(np.sum(fp32 * int8, axis=1)) >= 0.99
+    assert np.min(np.sum(fp32 * torch_emb, axis=1)) >= 0.9999
+
+
+def test_tensorrt_without_the_extra_says_what_to_install(exported):
+    with pytest.raises((ImportError, FileNotFoundError), match="gpu extra|model.plan"):
+        load_encoder(exported / "export", EncoderBackend.tensorrt)
+    from customir.export.tensorrt import build_engine
+
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match=r"pip install 'customir\[gpu\]'"):
+        build_engine(exported / "export" / "model.onnx", exported / "model.plan", 8, 256)
+
+
 def test_starting_without_an_export_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model.onnx"):
+    with pytest.raises(FileNotFoundError, match="run `customir export` first"):
         app.start(tmp_path, ServeConfig())

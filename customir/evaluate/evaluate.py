@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -69,6 +70,31 @@ def read_beir_qrels(path: Path) -> Qrels:
     return dict(qrels)
 
 
+@dataclass
+class TestSet:
+    corpus: dict[str, str]          # chunk_id → text
+    chunk_doc: dict[str, str]       # chunk_id → doc_id
+    queries: dict[str, str]         # query_id → text (positives in test documents only)
+    qrels: Qrels                    # query_id → {chunk_id: 1} (every chunk it was written for)
+
+
+def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> TestSet:
+    """The generated queries whose positives lie in the train stage's *test* documents."""
+    chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
+    corpus = dict(zip(chunks["chunk_id"], chunks["text"]))
+    chunk_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"]))
+    split = dict(zip(*pq.read_table(Path(train_dir) / SPLIT_FILE).to_pydict().values()))
+    test_docs = {d for d, s in split.items() if s == "test"}
+    triples = read_table(triples_dir, TRIPLES).select(["query_id", "query", "chunk_id"]).to_pylist()
+    positives: dict[str, set[str]] = defaultdict(set)
+    for t in triples:
+        positives[t["query"]].add(t["chunk_id"])
+    queries = {t["query_id"]: t["query"] for t in triples
+               if chunk_doc[t["chunk_id"]] in test_docs}
+    qrels = {qid: {c: 1 for c in positives[q]} for qid, q in queries.items()}
+    return TestSet(corpus, chunk_doc, queries, qrels)
+
+
 def _systems(models: dict, corpus: dict[str, str], bm25: BM25Index, queries: dict[str, str],
              k: int, batch_size: int, cache: dict) -> dict:
     runs = {"bm25": bm25_run(bm25, queries, list(corpus), k)}
@@ -106,20 +132,8 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     if done := find_complete(out, config_hash, inputs):
         log("evaluate: up to date, skipping")
         return done
-    chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
-    corpus = dict(zip(chunks["chunk_id"], chunks["text"]))
-    chunk_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"]))
-    split = dict(zip(*pq.read_table(train_dir / SPLIT_FILE).to_pydict().values()))
-    test_docs = {d for d, s in split.items() if s == "test"}
-
-    triples = read_table(triples_dir, TRIPLES).select(["query_id", "query", "chunk_id"]).to_pylist()
-    positives: dict[str, set[str]] = defaultdict(set)
-    for t in triples:
-        positives[t["query"]].add(t["chunk_id"])
-    synthetic = {t["query_id"]: t["query"] for t in triples
-                 if chunk_doc[t["chunk_id"]] in test_docs}
-    synthetic_qrels = {qid: {c: 1 for c in positives[q]} for qid, q in synthetic.items()}
-
+    test = synthetic_test_set(chunks_dir, triples_dir, train_dir)
+    corpus = test.corpus
     models = {"base": load_sentence_transformer(base_model),
               "tuned": load_sentence_transformer(train_dir / MODEL_DIR)}
     bm25 = BM25Index(list(corpus.values()), (mine_config or MineConfig()).stemmer)
@@ -129,16 +143,16 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
                             normalize_embeddings=True, convert_to_numpy=True)
              for name, m in models.items()}
     sets = {}
-    if synthetic:
+    if test.queries:
         sets["synthetic-test"] = _score(
-            _systems(models, corpus, bm25, synthetic, k, config.batch_size, cache),
-            synthetic_qrels, config)
+            _systems(models, corpus, bm25, test.queries, k, config.batch_size, cache),
+            test.qrels, config)
         sets["synthetic-test"]["note"] = ("Generated queries on held-out test documents "
                                           "(split by document; never trained on).")
     balances = {}
     for beir in config.beir:
         sets[beir.name], balances[f"beir:{beir.name}"] = _score_beir(
-            beir, models, corpus, chunk_doc, bm25, config, cache)
+            beir, models, corpus, test.chunk_doc, bm25, config, cache)
     with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
         write_report(tmp, sets)
         manifest.balances.update(balances)

@@ -8,7 +8,8 @@ from customir.evaluate.metrics import Run
 from customir.negatives.bm25 import BM25Index
 
 
-def _top_k_run(query_ids: list[str], scores: np.ndarray, doc_ids: list[str], k: int) -> Run:
+def top_k_run(query_ids: list[str], scores: np.ndarray, doc_ids: list[str], k: int) -> Run:
+    """The ``k`` best documents per query from a (queries × documents) score matrix."""
     k = min(k, scores.shape[1])
     run: Run = {}
     for qi, qid in enumerate(query_ids):
@@ -27,7 +28,7 @@ def dense_run(model, queries: dict[str, str], passages: dict[str, str], k: int,
     p = passage_embeddings if passage_embeddings is not None else model.encode(
         [passages[i] for i in pids], batch_size=batch_size, normalize_embeddings=True,
         convert_to_numpy=True)
-    return _top_k_run(qids, q @ p.T, pids, k)
+    return top_k_run(qids, q @ p.T, pids, k)
 
 
 def bm25_run(index: BM25Index, queries: dict[str, str], passage_ids: list[str], k: int) -> Run:

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from customir.config import ExportConfig
+from customir.evaluate.evaluate import TestSet, synthetic_test_set
+from customir.evaluate.metrics import mean_metrics, per_query_metrics
+from customir.evaluate.retrieval import top_k_run
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.models import load_sentence_transformer
 from customir.schemas import CHUNKS, read_table
@@ -69,18 +72,72 @@ def parity(model_dir: Path, onnx_dir: Path, texts: list[str]) -> dict:
     """Compare torch and ONNX embeddings of ``texts``: min cosine and max absolute difference."""
     torch_emb = load_sentence_transformer(model_dir).encode(
         texts, normalize_embeddings=True, convert_to_numpy=True)
-    onnx_emb = OnnxEncoder(onnx_dir).encode(texts)
-    cos = np.sum(torch_emb * onnx_emb, axis=1) / (
-        np.linalg.norm(torch_emb, axis=1) * np.linalg.norm(onnx_emb, axis=1))
-    return {"n": len(texts), "min_cosine": float(cos.min()),
-            "max_abs_diff": float(np.abs(torch_emb - onnx_emb).max())}
+    return _compare(torch_emb, OnnxEncoder(onnx_dir).encode(texts))
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> dict:
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"n": len(a), "min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a - b).max())}
+
+
+def retrieval_ndcg10(encoder, test: TestSet) -> float:
+    """nDCG@10 of exact cosine search with ``encoder`` on a test set."""
+    qids, pids = list(test.queries), list(test.corpus)
+    q = encoder.encode([test.queries[i] for i in qids])
+    p = encoder.encode([test.corpus[i] for i in pids])
+    run = top_k_run(qids, q @ p.T, pids, 10)
+    return mean_metrics(per_query_metrics(test.qrels, run, [10]))["nDCG@10"]
+
+
+def quantize_int8(out_dir: Path, texts: list[str], test: TestSet | None,
+                  config: ExportConfig) -> dict:
+    """Write ``model.int8.onnx`` by dynamic quantization; keep it only if it passes the cosine
+    check on ``texts`` and (given a test set) loses at most ``int8_max_ndcg_drop`` nDCG@10."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_path = out_dir / "model.int8.onnx"
+    # Measured on MiniLM-L6 (43 sample texts): per-tensor int8 gives min cosine 0.907 vs fp32,
+    # per-channel 0.990; keeping the first layer's MatMuls in fp32 lifts it to 0.993 at the same
+    # speed (1.57x fp32 on 2 cores).
+    graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
+    first_layer = [n.name for n in graph.node if n.op_type == "MatMul" and "/layer.0/" in n.name]
+    quantize_dynamic(str(out_dir / "model.onnx"), str(int8_path), weight_type=QuantType.QInt8,
+                     per_channel=True, nodes_to_exclude=first_layer)
+    fp32, int8 = OnnxEncoder(out_dir), OnnxEncoder(out_dir, int8_path.name)
+    result = _compare(fp32.encode(texts), int8.encode(texts))
+    reasons = []
+    if result["min_cosine"] < config.int8_min_cosine:
+        reasons.append(f"min cosine {result['min_cosine']:.4f} < {config.int8_min_cosine}")
+    if test is not None and test.queries:
+        result["ndcg10_fp32"] = retrieval_ndcg10(fp32, test)
+        result["ndcg10_int8"] = retrieval_ndcg10(int8, test)
+        result["test_queries"] = len(test.queries)
+        drop = result["ndcg10_fp32"] - result["ndcg10_int8"]
+        if drop > config.int8_max_ndcg_drop:
+            reasons.append(f"nDCG@10 drops by {drop:.4f} > {config.int8_max_ndcg_drop}")
+    else:
+        result["ndcg_check"] = "skipped: no test split (export run without triples/train)"
+    result["accepted"] = not reasons
+    result["rejected_because"] = reasons
+    result["size_mb"] = round(int8_path.stat().st_size / 1e6, 1)
+    if reasons:
+        int8_path.unlink()
+    return result
 
 
 def run(model_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
-        config: ExportConfig) -> Manifest:
+        config: ExportConfig, triples_dir: str | Path | None = None,
+        train_dir: str | Path | None = None) -> Manifest:
+    """Write ``run_dir/export``. With the run's triples and train folders, the int8 model is also
+    checked on the held-out test split."""
     model_dir, chunks_dir = Path(model_dir), Path(chunks_dir)
     out = Path(run_dir) / "export"
     inputs = {"model": fingerprint(model_dir), "chunks": fingerprint(chunks_dir)}
+    test = None
+    if triples_dir is not None and train_dir is not None:
+        inputs.update(triples=fingerprint(triples_dir), train=fingerprint(train_dir))
+        test = synthetic_test_set(Path(chunks_dir), Path(triples_dir), Path(train_dir))
     if done := find_complete(out, config.config_hash(), inputs):
         log("export: up to date, skipping")
         return done
@@ -96,4 +153,13 @@ def run(model_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
                               f"{config.min_cosine}")
         manifest.balances["parity_texts"] = Balance(len(texts), check["n"])
         manifest.extra.update({"parity": check, "model": meta})
+        if config.int8:
+            manifest.extra["int8"] = quantize_int8(tmp, texts, test, config)
+            log(f"export: int8 {manifest.extra['int8']}")
+        if config.tensorrt:
+            from customir.export.tensorrt import build_engine
+
+            manifest.extra["tensorrt"] = build_engine(
+                tmp / "model.onnx", tmp / "model.plan", config.tensorrt_max_batch,
+                meta["max_seq_length"])
     return manifest

@@ -1,18 +1,23 @@
-"""Serve: an OpenAI-compatible ``/v1/embeddings`` on Ray Serve, backed by the exported ONNX model.
+"""Serve: an OpenAI-compatible ``/v1/embeddings`` on Ray Serve.
 
 Requests are micro-batched across clients with ``@serve.batch`` (the batch size counts texts, not
-requests) and replicas autoscale between ``min_replicas`` and ``max_replicas``. The server binds
-127.0.0.1 unless told otherwise.
+requests) and replicas autoscale between ``min_replicas`` and ``max_replicas`` around
+``target_ongoing_requests``. The encoder backend (onnxruntime fp32/int8, torch, TensorRT) comes
+from the config. The server binds 127.0.0.1 unless told otherwise.
 
-    customir serve runs/demo/export --port 8000
-    curl -s localhost:8000/v1/embeddings -d '{"input": "hello"}' -H 'content-type: application/json'
+Bad requests always get an OpenAI-shaped error with a 4xx code: 400 (invalid input, malformed
+JSON, limits), 401 (API key), 404 (unknown model), 413 (body too large). A 500 means a fault of
+the server itself, never of the request.
+
+    customir serve runs/demo --port 8000
 """
 
-
+import hmac
+import os
 import time
 from pathlib import Path
 
-from customir.config import RayConfig, ServeConfig
+from customir.config import EncoderBackend, RayConfig, ServeConfig
 from customir.manifest import log
 from customir.serve.openai_schema import (Embedding, EmbeddingRequest, EmbeddingResponse,
                                           ModelCard, ModelList, RequestError, Usage,
@@ -23,9 +28,24 @@ from customir.serve.openai_schema import (Embedding, EmbeddingRequest, Embedding
 APP_NAME = "customir"
 
 
-def build_app(model_dir: str | Path, config: ServeConfig):
+def resolve_model_dir(path: str | Path, backend: EncoderBackend) -> Path:
+    """Accept a run folder (uses its export/), an export folder, or a sentence-transformers
+    folder (torch backend only); say clearly what is missing otherwise."""
+    path = Path(path)
+    if (path / "export" / "customir_onnx.json").is_file():
+        return path / "export"
+    if (path / "customir_onnx.json").is_file():
+        return path
+    if (path / "modules.json").is_file() and backend == EncoderBackend.torch:
+        return path
+    raise FileNotFoundError(
+        f"{path} is neither a run folder with export/, an export folder, nor (with --backend "
+        "torch) a sentence-transformers folder; run `customir export` first")
+
+
+def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = None):
     """The Ray Serve application (a bound deployment) serving ``model_dir``."""
-    from fastapi import FastAPI, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from ray import serve
@@ -34,7 +54,7 @@ def build_app(model_dir: str | Path, config: ServeConfig):
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}"
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
                             for e in exc.errors()[:3])
         return JSONResponse(RequestError(message or "invalid request").body(), status_code=400)
 
@@ -42,22 +62,51 @@ def build_app(model_dir: str | Path, config: ServeConfig):
     async def _refused(_: Request, exc: RequestError):
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    @app.exception_handler(Exception)
+    async def _fault(_: Request, exc: Exception):
+        error = RequestError(f"internal error: {type(exc).__name__}", status=500)
+        body = error.body()
+        body["error"]["type"] = "server_error"
+        return JSONResponse(body, status_code=500)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > config.max_body_bytes:
+            error = RequestError(f"request body of {length} bytes is over the limit of "
+                                 f"{config.max_body_bytes}", status=413)
+            return JSONResponse(error.body(), status_code=413)
+        return await call_next(request)
+
+    def _authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise RequestError("missing or invalid API key (Authorization: Bearer ...)",
+                               status=401, code="invalid_api_key")
+
     @serve.deployment(
         autoscaling_config={"min_replicas": config.min_replicas,
                             "max_replicas": config.max_replicas,
-                            "target_ongoing_requests": 4},
+                            "target_ongoing_requests": config.target_ongoing_requests},
         ray_actor_options={"num_cpus": 1},
         max_ongoing_requests=64,
     )
     @serve.ingress(app)
     class EmbeddingServer:
         def __init__(self, model_dir: str, config: ServeConfig):
-            from customir.serve.encoder import OnnxEncoder
+            from customir.serve.encoder import load_encoder
 
-            self.encoder = OnnxEncoder(model_dir)
+            self.encoder = load_encoder(model_dir, config.backend)
             self.config = config
             self._encode_batch.set_max_batch_size(config.max_batch_size)
             self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+        def check_health(self):
+            if self.encoder is None:
+                raise RuntimeError("encoder not loaded")
 
         @serve.batch(batch_size_fn=lambda items: sum(len(texts) for texts in items))
         async def _encode_batch(self, requests: list[list[str]]):
@@ -69,10 +118,11 @@ def build_app(model_dir: str | Path, config: ServeConfig):
                 start += len(texts)
             return out
 
-        @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+        @app.post("/v1/embeddings", response_model=EmbeddingResponse,
+                  dependencies=[Depends(_authorize)])
         async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
             texts = validate_request(request, self.config.model_name, self.encoder.dimension,
-                                     self.config.max_input_items)
+                                     self.config.max_input_items, self.config.max_input_chars)
             vectors = await self._encode_batch(texts)
             tokens = self.encoder.count_tokens(texts)
             return EmbeddingResponse(
@@ -81,28 +131,34 @@ def build_app(model_dir: str | Path, config: ServeConfig):
                 model=self.config.model_name, usage=Usage(prompt_tokens=tokens,
                                                           total_tokens=tokens))
 
-        @app.get("/v1/models", response_model=ModelList)
+        @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(_authorize)])
         async def models(self) -> ModelList:
             return ModelList(data=[ModelCard(id=self.config.model_name)])
 
         @app.get("/health")
         async def health(self) -> dict:
-            return {"status": "ok"}
+            # A replica takes traffic only after __init__ loaded the encoder; until then the
+            # Serve proxy answers 503 for this route.
+            return {"status": "ready", "backend": self.config.backend.value,
+                    "dimension": self.encoder.dimension}
 
     return EmbeddingServer.bind(str(model_dir), config)
 
 
-def start(model_dir: str | Path, config: ServeConfig) -> str:
+def start(model: str | Path, config: ServeConfig) -> str:
     """Deploy on the Ray cluster this process is connected to; return the base URL (…/v1)."""
     from ray import serve
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "model.onnx").is_file():
-        raise FileNotFoundError(f"{model_dir} has no model.onnx; run `customir export` first")
+    model_dir = resolve_model_dir(model, config.backend)
+    api_key = None
+    if config.api_key_env:
+        api_key = os.environ.get(config.api_key_env)
+        if not api_key:
+            raise ValueError(f"serve.api_key_env names {config.api_key_env}, which is not set")
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(model_dir, config), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(model_dir, config, api_key), name=APP_NAME, route_prefix="/")
     url = f"http://{config.host}:{config.port}/v1"
-    log(f"serve: {config.model_name} at {url}/embeddings")
+    log(f"serve: {config.model_name} ({config.backend.value}) at {url}/embeddings")
     return url
 
 
@@ -112,13 +168,21 @@ def stop() -> None:
     serve.shutdown()
 
 
-def serve_forever(model_dir: str | Path, config: ServeConfig,
+def example_curl(url: str, config: ServeConfig) -> str:
+    auth = f" -H 'Authorization: Bearer ${config.api_key_env}'" if config.api_key_env else ""
+    return (f"curl -s {url}/embeddings -H 'Content-Type: application/json'{auth} "
+            f"-d '{{\"model\": \"{config.model_name}\", \"input\": [\"hello world\"]}}'")
+
+
+def serve_forever(model: str | Path, config: ServeConfig,
                   ray_config: RayConfig | None = None) -> None:
     """`customir serve`: run until interrupted."""
     from customir.runtime import ray_session
 
     with ray_session(ray_config):
-        start(model_dir, config)
+        url = start(model, config)
+        print(f"serving {config.model_name} at {url}\ntry: {example_curl(url, config)}",
+              flush=True)
         log("serve: press Ctrl-C to stop")
         try:
             while True:

@@ -1,5 +1,9 @@
-"""The ONNX encoder: tokenizer (`tokenizers`) + onnxruntime, no torch. Used by serve and by the
-export stage's parity check, so what is checked is exactly what is served."""
+"""Encoders behind the server: onnxruntime (fp32 or int8), torch, TensorRT — one interface.
+
+The ONNX encoder is also what the export stage's parity and int8 checks run, so what is checked
+is exactly what is served. Every encoder returns L2-normalized float32 vectors and truncates
+input to the model's ``max_seq_length`` tokens; ``count_tokens`` reports what was embedded.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,35 @@ from pathlib import Path
 
 import numpy as np
 
+from customir.config import EncoderBackend
+
 EXPORT_CONFIG = "customir_onnx.json"
+MODEL_FILES = {EncoderBackend.onnx: "model.onnx", EncoderBackend.onnx_int8: "model.int8.onnx",
+               EncoderBackend.tensorrt: "model.plan"}
 
 
-class OnnxEncoder:
-    """Encode texts with an exported model folder (``model.onnx``, ``tokenizer.json``,
-    ``customir_onnx.json``). Embeddings are L2-normalized, as the torch model's are."""
+class _Tokenized:
+    """Tokenization shared by the graph-based encoders (the `tokenizers` library; no torch)."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, model_dir: Path):
         from tokenizers import Tokenizer
 
-        model_dir = Path(model_dir)
-        if not (model_dir / "model.onnx").is_file():
-            raise FileNotFoundError(f"{model_dir} has no model.onnx (run `customir export` first)")
+        if not (model_dir / EXPORT_CONFIG).is_file():
+            raise FileNotFoundError(f"{model_dir} is not an export folder (no {EXPORT_CONFIG}); "
+                                    "run `customir export` first")
         self.meta = json.loads((model_dir / EXPORT_CONFIG).read_text())
         self.dimension = int(self.meta["dimension"])
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.meta["max_seq_length"])
         self.tokenizer.enable_padding(pad_id=self.meta.get("pad_id", 0))
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self.session.get_inputs()}
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         encodings = self.tokenizer.encode_batch(texts)
-        feeds = {
+        return {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
-        return {k: v for k, v in feeds.items() if k in self._inputs}
 
     def count_tokens(self, texts: list[str]) -> int:
         return sum(sum(e.attention_mask) for e in self.tokenizer.encode_batch(texts))
@@ -49,8 +48,80 @@ class OnnxEncoder:
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        out = []
-        for start in range(0, len(texts), batch_size):
-            feeds = self.tokenize(texts[start:start + batch_size])
-            out.append(self.session.run(["sentence_embedding"], feeds)[0])
+        out = [self._run(self.tokenize(texts[i:i + batch_size]))
+               for i in range(0, len(texts), batch_size)]
         return np.concatenate(out).astype(np.float32)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxEncoder(_Tokenized):
+    """onnxruntime on ``model_dir/model_file`` (``model.onnx`` or ``model.int8.onnx``)."""
+
+    def __init__(self, model_dir: str | Path, model_file: str = "model.onnx",
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        if not (model_dir / model_file).is_file():
+            raise FileNotFoundError(f"{model_dir} has no {model_file} (run `customir export` "
+                                    "first; model.int8.onnx exists only if int8 was accepted)")
+        super().__init__(model_dir)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model_dir / model_file), options,
+                                            providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
+        return self.session.run(["sentence_embedding"], feeds)[0]
+
+
+class TensorRTEncoder(_Tokenized):
+    def __init__(self, model_dir: str | Path):
+        from customir.export.tensorrt import TensorRTSession
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "model.plan").is_file():
+            raise FileNotFoundError(f"{model_dir} has no model.plan; export with "
+                                    "export.tensorrt: true on a GPU machine")
+        super().__init__(model_dir)
+        self.session = TensorRTSession(model_dir / "model.plan")
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(feeds)
+
+
+class TorchEncoder:
+    """The sentence-transformers model itself (the reference implementation)."""
+
+    def __init__(self, model_dir: str | Path):
+        from customir.models import load_sentence_transformer
+
+        model_dir = Path(model_dir)
+        if (model_dir / EXPORT_CONFIG).is_file():  # an export folder: use the model it came from
+            model_dir = Path(json.loads((model_dir / EXPORT_CONFIG).read_text())["source_model"])
+        self.model = load_sentence_transformer(model_dir)
+        self.dimension = self.model.get_embedding_dimension()
+        self._tokenizer = self.model.tokenizer
+
+    def count_tokens(self, texts: list[str]) -> int:
+        encoded = self._tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
+        return sum(len(ids) for ids in encoded["input_ids"])
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True).astype(np.float32)
+
+
+def load_encoder(model_dir: str | Path, backend: EncoderBackend = EncoderBackend.onnx):
+    """The encoder for ``backend`` over an export folder (or, for torch, a model folder)."""
+    backend = EncoderBackend(backend)
+    if backend == EncoderBackend.torch:
+        return TorchEncoder(model_dir)
+    if backend == EncoderBackend.tensorrt:
+        return TensorRTEncoder(model_dir)
+    return OnnxEncoder(model_dir, MODEL_FILES[backend])

@@ -66,7 +66,7 @@ class RequestError(ValueError):
 
 
 def validate_request(request: EmbeddingRequest, served_model: str, dimension: int,
-                     max_items: int) -> list[str]:
+                     max_items: int, max_chars: int = 20000) -> list[str]:
     """The texts to embed, or a RequestError saying what is wrong with the request.
 
     >>> validate_request(EmbeddingRequest(input="hi"), "m", 384, 10)
@@ -89,6 +89,10 @@ def validate_request(request: EmbeddingRequest, served_model: str, dimension: in
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise RequestError(f"'input' items {empty[:5]} are empty strings", "input")
+    long = [i for i, t in enumerate(texts) if len(t) > max_chars]
+    if long:
+        raise RequestError(f"'input' item {long[0]} has {len(texts[long[0]])} characters; at "
+                           f"most {max_chars} per item", "input")
     return texts
 
 
