@@ -120,12 +120,13 @@ def _export_base(scratch: Path) -> Path:
     return scratch / "export"
 
 
-def _customir(export_dir: Path, seconds: float) -> dict:
+def _customir(export_dir: Path, seconds: float, threads: int | None) -> dict:
     from customir.config import ServeConfig
     from customir.runtime import ray_session
     from customir.serve import app
 
-    config = ServeConfig(port=_free_port(), max_batch_size=32, batch_wait_timeout_s=0.005)
+    config = ServeConfig(port=_free_port(), max_batch_size=32, batch_wait_timeout_s=0.005,
+                         encoder_threads=threads)
     results = {}
     with ray_session():
         url = app.start(export_dir, config) + "/embeddings"
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--export", type=Path, help="an export folder (default: base MiniLM)")
     parser.add_argument("--no-infinity", action="store_true")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads in the replica")
     args = parser.parse_args()
     seconds = 15.0 if args.quick else args.seconds
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -201,7 +203,7 @@ def main() -> None:
     export_dir = args.export or _export_base(Path(tempfile.mkdtemp(prefix="customir-bench-")))
     model_dir = Path(json.loads((export_dir / "customir_onnx.json").read_text())["source_model"])
     inprocess = {c: _inprocess(export_dir, c, seconds) for c in LEVELS}
-    served = _customir(export_dir, seconds)
+    served = _customir(export_dir, seconds, args.threads)
     infinity = None
     if not args.no_infinity:
         try:

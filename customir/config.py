@@ -217,6 +217,9 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, description="Larger request bodies get 413.")
     target_ongoing_requests: float = Field(
         4, description="Autoscaling target of in-flight requests per replica.")
+    encoder_threads: int | None = Field(
+        None, description="onnxruntime intra-op threads per replica (None: all cores). Fewer "
+        "leave CPU to the HTTP proxy on small machines.")
     port: int = Field(8000, description="HTTP port.")
     model_name: str = Field("customir-embed", description="Name reported by /v1/models.")
     max_batch_size: int = Field(32, description="Ray Serve @serve.batch size.")

@@ -54,7 +54,11 @@ def test_corpus_to_served_embeddings(tiny_corpus, tmp_path, ray_cluster):
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert set(report["synthetic-test"]["results"]) == {"bm25", "base", "tuned"}
     assert (run / "evaluation" / "report.png").stat().st_size > 1000
-    assert Manifest.read(run / "export").extra["parity"]["min_cosine"] >= 0.9999
+    exported = Manifest.read(run / "export").extra
+    assert exported["parity"]["min_cosine"] >= 0.9999
+    int8 = exported["int8"]
+    assert "ndcg10_int8" in int8 and int8["test_queries"] == report["synthetic-test"]["n_queries"]
+    assert int8["accepted"] == (run / "export" / "model.int8.onnx").is_file()
 
     url = app.start(run / "export", config.serve)
     try:

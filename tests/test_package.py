@@ -46,3 +46,16 @@ def test_missing_corpus_folder_is_a_one_line_error(tmp_path):
     assert out.returncode == 2
     assert "corpus folder not found" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_stage_runs_alone_from_the_cli_and_prints_its_counts(tmp_path, fixture_corpus):
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "customir.cli", "ingest", str(fixture_corpus),
+                          "--out", str(tmp_path / "run"), "--set", "ingest.min_chunk_tokens=3"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["stage"] == "ingest"
+    assert summary["counts"]["documents"] == {"in": 10, "out": 10, "skipped": {}}
+    assert (tmp_path / "run" / "chunks" / "_manifest.json").is_file()

@@ -165,3 +165,36 @@ def test_tensorrt_without_the_extra_says_what_to_install(exported):
 def test_starting_without_an_export_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `customir export` first"):
         app.start(tmp_path, ServeConfig())
+
+
+def test_cli_serves_a_run_folder_and_prints_a_curl_example(exported, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "customir.cli", "serve", str(exported),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.time() + 180
+        while time.time() < deadline and len(lines) < 2:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            if line.strip():
+                lines.append(line.strip())
+        assert lines[0] == f"serving customir-embed at http://127.0.0.1:{port}/v1"
+        assert lines[1].startswith(f"try: curl -s http://127.0.0.1:{port}/v1/embeddings")
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "hello"},
+                           timeout=60).json()
+        assert len(reply["data"][0]["embedding"]) == 384
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0

@@ -99,7 +99,7 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
         def __init__(self, model_dir: str, config: ServeConfig):
             from customir.serve.encoder import load_encoder
 
-            self.encoder = load_encoder(model_dir, config.backend)
+            self.encoder = load_encoder(model_dir, config.backend, config.encoder_threads)
             self.config = config
             self._encode_batch.set_max_batch_size(config.max_batch_size)
             self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)

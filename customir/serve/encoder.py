@@ -117,11 +117,12 @@ class TorchEncoder:
                                  convert_to_numpy=True).astype(np.float32)
 
 
-def load_encoder(model_dir: str | Path, backend: EncoderBackend = EncoderBackend.onnx):
+def load_encoder(model_dir: str | Path, backend: EncoderBackend = EncoderBackend.onnx,
+                 threads: int | None = None):
     """The encoder for ``backend`` over an export folder (or, for torch, a model folder)."""
     backend = EncoderBackend(backend)
     if backend == EncoderBackend.torch:
         return TorchEncoder(model_dir)
     if backend == EncoderBackend.tensorrt:
         return TensorRTEncoder(model_dir)
-    return OnnxEncoder(model_dir, MODEL_FILES[backend])
+    return OnnxEncoder(model_dir, MODEL_FILES[backend], threads=threads)
