@@ -65,6 +65,37 @@ def _write_messy_corpus(root):
     (root / "tiny.txt").write_text("ok")
     (root / "broken.parquet").write_bytes(b"not parquet at all")
     (root / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (root / "utf16.txt").write_bytes("\ufeffUTF-16 text about tidal energy storage.".encode(
+        "utf-16-le"))
+    (root / "sub" / "Notes ü — final.md").write_text("# Ümlauts\n\nA file name with spaces "
+                                                      "and non-ASCII letters.\n")
+    (root / "sub" / "loop").symlink_to(root)                       # a directory loop
+    (root / "escape.txt").symlink_to("/etc/hostname")              # outside the corpus
+    (root / "dangling.txt").symlink_to(root / "missing.txt")       # broken
+    (root / "alias.txt").symlink_to(root / "sub" / "note.txt")     # inside: read (then deduped)
+    (root / "text.pdf").write_bytes(_pdf_with_text("Portable document about coral reefs."))
+    (root / "scanned.pdf").write_bytes(_pdf_with_text(None))       # a page without text
+
+
+def _pdf_with_text(text):
+    """A minimal one-page PDF, with ``text`` in Helvetica or with no text at all."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+    return bytes(out)
 
 
 def test_messy_folder_counts_every_input(tmp_path):
@@ -73,15 +104,23 @@ def test_messy_folder_counts_every_input(tmp_path):
     manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
     docs, chunks = manifest.balances["documents"], manifest.balances["chunks"]
     assert docs.skipped == {"invalid_json": 1, "no_text_field": 1, "duplicate_doc_id": 1,
-                            "not_an_object": 1, "binary_file": 1, "not_utf8": 1,
-                            "unsupported_format": 1, "empty_text": 1, "hidden_file": 1,
-                            "unreadable_parquet": 1, "unreadable_pdf": 1}
-    assert docs.n_out == 6  # guide.md, note.txt, page.html, r1, r3, tiny.txt
+                            "not_an_object": 1, "binary_file": 1, "unsupported_format": 1,
+                            "empty_text": 2, "hidden_file": 1, "unreadable_parquet": 1,
+                            "unreadable_pdf": 1, "symlinked_directory": 1, "outside_corpus": 1,
+                            "broken_symlink": 1}
+    # guide.md, note.txt, page.html, r1, r3, tiny.txt, latin1.txt (cp1252), utf16.txt,
+    # the non-ASCII-named note, text.pdf, alias.txt; empty_text: empty.md and scanned.pdf
+    assert docs.n_out == 11
     assert docs.n_in == docs.n_out + sum(docs.skipped.values())
-    assert chunks.skipped == {"duplicate": 1, "too_short": 1}
+    assert manifest.extra["decoded_as"] == {"cp1252": 1, "utf-16": 1}
+    assert chunks.skipped == {"duplicate": 2, "too_short": 1}  # r3 and alias.txt; tiny.txt
     table = read_table(tmp_path / "run" / "chunks", CHUNKS)
-    assert table.num_rows == chunks.n_out == 5  # guide.md gives two (intro, Install)
+    assert table.num_rows == chunks.n_out == 9  # guide.md gives two (intro, Install)
     rows = {r["chunk_id"]: r for r in table.to_pylist()}
+    assert rows["latin1.txt#0"]["text"] == "café au lait"
+    assert rows["utf16.txt#0"]["text"].startswith("UTF-16 text")
+    assert rows["sub/Notes ü — final.md#0"]["title"] == "Ümlauts"
+    assert "coral reefs" in rows["text.pdf#0"]["text"]
     assert rows["guide.md#0"]["title"] == "Guide" and rows["guide.md#0"]["heading"] is None
     assert rows["guide.md#1"]["heading"] == "Install"
     assert rows["page.html#0"]["title"] == "Page" and "var x" not in rows["page.html#0"]["text"]
@@ -100,3 +139,20 @@ def test_rerun_is_skipped_and_a_change_reruns(tmp_path, fixture_corpus):
     (fixture_corpus / "extra.txt").write_text("A new document about renal function tests.")
     third = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
     assert third.balances["documents"].n_out == first.balances["documents"].n_out + 1
+
+
+def test_a_corpus_with_nothing_usable_is_one_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "image.png").write_bytes(b"\x89PNG")
+    (root / "empty.txt").write_text("")
+    with pytest.raises(ingest.EmptyCorpusError, match=r"no usable text .* 2 inputs, all skipped"):
+        ingest.run(root, tmp_path / "run", IngestConfig())
+    assert not (tmp_path / "run" / "chunks").exists()
+    out = subprocess.run([sys.executable, "-m", "customir.cli", "ingest", str(root), "--out",
+                          str(tmp_path / "run")], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no usable text" in out.stderr

@@ -10,6 +10,7 @@ reason) and ``chunks`` (chunks made = written + duplicates + too short).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,9 +40,20 @@ def chunk_document(doc: Document, config: IngestConfig, count_tokens) -> list[di
     return rows
 
 
-def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> tuple[pa.Table, list[dict],
-                                                                              dict[str, Balance]]:
-    """Read, clean, chunk and dedup ``corpus``; return (chunks, skipped rows, balances)."""
+@dataclass
+class Ingested:
+    chunks: pa.Table
+    skipped: list[dict]
+    balances: dict[str, Balance]
+    decoded_as: dict[str, int]      # documents read in an encoding other than UTF-8
+
+
+class EmptyCorpusError(ValueError):
+    """Nothing in the corpus folder could be used."""
+
+
+def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> Ingested:
+    """Read, clean, chunk and dedup ``corpus``."""
     tokenizer = load_tokenizer(str(resolve_base_model(tokenizer_model)))
 
     def count_tokens(text: str) -> int:
@@ -53,6 +65,7 @@ def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> tuple[pa
     rows: list[dict] = []
     seen_docs: set[str] = set()
     seen_text: dict[str, str] = {}
+    decoded_as: dict[str, int] = {}
 
     def skip(balance: Balance, item: str, reason: str, detail: str | None = None) -> None:
         balance.skipped[reason] = balance.skipped.get(reason, 0) + 1
@@ -72,6 +85,8 @@ def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> tuple[pa
             skip(docs, entry.doc_id, "empty_text", entry.source)
             continue
         docs.n_out += 1
+        if entry.encoding != "utf-8":
+            decoded_as[entry.encoding] = decoded_as.get(entry.encoding, 0) + 1
         for row in made:
             chunks.n_in += 1
             key = normalized_key(row["text"])
@@ -83,7 +98,8 @@ def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> tuple[pa
                 seen_text[key] = row["chunk_id"]
                 rows.append(row)
                 chunks.n_out += 1
-    return pa.Table.from_pylist(rows, schema=CHUNKS), skipped, {"documents": docs, "chunks": chunks}
+    return Ingested(pa.Table.from_pylist(rows, schema=CHUNKS), skipped,
+                    {"documents": docs, "chunks": chunks}, decoded_as)
 
 
 def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
@@ -96,12 +112,16 @@ def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
     if done := find_complete(out, config_hash, inputs):
         log(f"ingest: up to date ({done.balances['chunks'].n_out} chunks), skipping")
         return done
-    table, skipped, balances = ingest(corpus, config, base_model)
+    result = ingest(corpus, config, base_model)
+    reasons = dict(Counter(s["reason"] for s in result.skipped))
+    if result.chunks.num_rows == 0:
+        raise EmptyCorpusError(f"no usable text in {corpus}: {result.balances['documents'].n_in} "
+                               f"inputs, all skipped ({reasons or 'the folder is empty'})")
     with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
-        write_rows(tmp, table, skipped)
-        manifest.balances.update(balances)
-        manifest.extra["skip_reasons"] = dict(Counter(s["reason"] for s in skipped))
-        manifest.extra["corpus"] = str(corpus)
-    log(f"ingest: {balances['documents'].n_out} documents → {table.num_rows} chunks; "
-        f"skipped {len(skipped)} ({manifest.extra['skip_reasons']})")
+        write_rows(tmp, result.chunks, result.skipped)
+        manifest.balances.update(result.balances)
+        manifest.extra.update({"skip_reasons": reasons, "corpus": str(corpus),
+                               "decoded_as": result.decoded_as})
+    log(f"ingest: {result.balances['documents'].n_out} documents → {result.chunks.num_rows} "
+        f"chunks; skipped {len(result.skipped)} ({reasons})")
     return manifest

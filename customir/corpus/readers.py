@@ -8,6 +8,7 @@ ingest can report every input it did not use.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -23,6 +24,7 @@ class Document:
     source: str
     title: str | None
     sections: list[tuple[str | None, str]] = field(default_factory=list)  # (heading, text)
+    encoding: str = "utf-8"
 
 
 @dataclass
@@ -35,14 +37,41 @@ class Skip:
 SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".parquet", ".pdf")
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+_CONTROL_BYTES = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """(text, encoding): UTF-8, else UTF-16 with a byte-order mark, else Windows-1252 when the
+    result reads as text; binary data raises _SkipFile.
+
+    >>> decode_text("café".encode("cp1252"))
+    ('café', 'cp1252')
+    >>> decode_text("\ufeffhi".encode("utf-16-le"))
+    ('hi', 'utf-16')
+    """
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            raise _SkipFile("undecodable_text", "UTF-16 byte-order mark, invalid UTF-16") from None
     if b"\x00" in data[:4096]:
         raise _SkipFile("binary_file", "contains NUL bytes; not a text file")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as exc:
-        raise _SkipFile("not_utf8", f"byte {exc.start} is not valid UTF-8") from None
+        position = exc.start
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or _CONTROL_BYTES.search(text):
+        raise _SkipFile("undecodable_text", f"byte {position} is not UTF-8, and the file is not "
+                        "Windows-1252 text either")
+    return text, "cp1252"
+
+
+def _read_text(path: Path) -> str:
+    return decode_text(path.read_bytes())[0]
 
 
 class _SkipFile(Exception):
@@ -52,7 +81,8 @@ class _SkipFile(Exception):
 
 
 def read_txt(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
-    yield Document(rel, rel, None, [(None, _read_text(path))])
+    text, encoding = decode_text(path.read_bytes())
+    yield Document(rel, rel, None, [(None, text)], encoding)
 
 
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -84,8 +114,9 @@ def split_markdown(text: str) -> tuple[str | None, list[tuple[str | None, str]]]
 
 
 def read_markdown(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
-    title, sections = split_markdown(_read_text(path))
-    yield Document(rel, rel, title, sections)
+    text, encoding = decode_text(path.read_bytes())
+    title, sections = split_markdown(text)
+    yield Document(rel, rel, title, sections, encoding)
 
 
 class _HTMLText(HTMLParser):
@@ -136,10 +167,11 @@ class _HTMLText(HTMLParser):
 
 
 def read_html(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    text, encoding = decode_text(path.read_bytes())
     parser = _HTMLText()
-    parser.feed(_read_text(path))
+    parser.feed(text)
     sections = [(h, "".join(parts).strip()) for h, parts in parser.sections]
-    yield Document(rel, rel, parser.title, [(h, t) for h, t in sections if t])
+    yield Document(rel, rel, parser.title, [(h, t) for h, t in sections if t], encoding)
 
 
 def read_pdf(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
@@ -208,14 +240,45 @@ READERS = {
 }
 
 
+def _walk(root: Path) -> Iterator[Path]:
+    """Every entry below ``root`` in a stable order, without following directory links (so a
+    symlink loop cannot recurse)."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        here = Path(folder)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        dirs[:] = [d for d in dirs if d not in links]
+        yield from (here / name for name in sorted(files + links))
+
+
+def _link_problem(path: Path, root: Path) -> Skip | None:
+    """Why a symlink cannot be read as a document (None for a link to a file inside the root)."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        target = path.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError, OSError):
+        return Skip(rel, "broken_symlink", "the link's target does not exist (or loops)")
+    if not target.is_relative_to(root.resolve()):
+        return Skip(rel, "outside_corpus", "symlink to a path outside the corpus folder")
+    if target.is_dir():
+        return Skip(rel, "symlinked_directory", "directory links are not followed (no loops)")
+    return None
+
+
 def iter_documents(root: Path, config: IngestConfig) -> Iterator[Document | Skip]:
     """Walk ``root`` recursively in a stable order; yield documents and skips."""
     if not root.is_dir():
         raise FileNotFoundError(f"corpus folder not found: {root}")
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in _walk(root):
         rel = path.relative_to(root).as_posix()
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             yield Skip(rel, "hidden_file")
+            continue
+        if path.is_symlink() and (problem := _link_problem(path, root)):
+            yield problem
+            continue
+        if not path.is_file():
+            yield Skip(rel, "not_a_regular_file", "a socket, device or pipe")
             continue
         reader = READERS.get(path.suffix.lower())
         if reader is None:
