@@ -49,7 +49,11 @@ def load_tokenizer(model_dir: str):
 
 
 def load_sentence_transformer(name_or_path: str | Path, device: str = "cpu"):
+    """Load a local model: no network, no remote code, and weights from safetensors only
+    (a pickled ``pytorch_model.bin`` could run code when loaded)."""
     offline_environment()
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(resolve_base_model(str(name_or_path))), device=device)
+    return SentenceTransformer(str(resolve_base_model(str(name_or_path))), device=device,
+                               trust_remote_code=False, local_files_only=True,
+                               model_kwargs={"use_safetensors": True})
