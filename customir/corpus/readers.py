@@ -70,10 +70,6 @@ def decode_text(data: bytes) -> tuple[str, str]:
     return text, "cp1252"
 
 
-def _read_text(path: Path) -> str:
-    return decode_text(path.read_bytes())[0]
-
-
 class _SkipFile(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -197,7 +193,8 @@ def _first(record: dict, names: list[str]):
     return None
 
 
-def _record_document(record, locator: str, rel: str, config: IngestConfig) -> Document | Skip:
+def _record_document(record, locator: str, rel: str, config: IngestConfig,
+                     encoding: str = "utf-8") -> Document | Skip:
     if not isinstance(record, dict):
         return Skip(locator, "not_an_object", f"record is {type(record).__name__}")
     text = _first(record, config.text_fields)
@@ -207,11 +204,12 @@ def _record_document(record, locator: str, rel: str, config: IngestConfig) -> Do
     doc_id = _first(record, config.id_fields)
     title = _first(record, config.title_fields)
     return Document(str(doc_id) if doc_id is not None else locator, rel,
-                    str(title) if title is not None else None, [(None, text)])
+                    str(title) if title is not None else None, [(None, text)], encoding)
 
 
 def read_jsonl(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    text, encoding = decode_text(path.read_bytes())
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         locator = f"{rel}:{number}"
@@ -220,7 +218,7 @@ def read_jsonl(path: Path, rel: str, config: IngestConfig) -> Iterator[Document 
         except json.JSONDecodeError as exc:
             yield Skip(locator, "invalid_json", exc.msg)
             continue
-        yield _record_document(record, locator, rel, config)
+        yield _record_document(record, locator, rel, config, encoding)
 
 
 def read_parquet(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:

@@ -31,11 +31,12 @@ class ParityError(RuntimeError):
     """The exported graph does not reproduce the torch model's embeddings."""
 
 
-def export_onnx(model_dir: Path, out_dir: Path, opset: int) -> dict:
-    """Trace ``model_dir`` into ``out_dir/model.onnx``; copy the tokenizer; return its metadata."""
+def export_onnx(model, model_dir: Path, out_dir: Path, opset: int) -> dict:
+    """Trace ``model`` (loaded from ``model_dir``) into ``out_dir/model.onnx``; copy the
+    tokenizer; return its metadata."""
     import torch
 
-    model = load_sentence_transformer(model_dir).eval()
+    model.eval()
 
     class SentenceEmbedding(torch.nn.Module):
         def __init__(self, st):
@@ -68,10 +69,9 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int) -> dict:
     return meta
 
 
-def parity(model_dir: Path, onnx_dir: Path, texts: list[str]) -> dict:
+def parity(model, onnx_dir: Path, texts: list[str]) -> dict:
     """Compare torch and ONNX embeddings of ``texts``: min cosine and max absolute difference."""
-    torch_emb = load_sentence_transformer(model_dir).encode(
-        texts, normalize_embeddings=True, convert_to_numpy=True)
+    torch_emb = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     return _compare(torch_emb, OnnxEncoder(onnx_dir).encode(texts))
 
 
@@ -134,18 +134,20 @@ def run(model_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     model_dir, chunks_dir = Path(model_dir), Path(chunks_dir)
     out = Path(run_dir) / "export"
     inputs = {"model": fingerprint(model_dir), "chunks": fingerprint(chunks_dir)}
-    test = None
-    if triples_dir is not None and train_dir is not None:
+    with_test = triples_dir is not None and train_dir is not None
+    if with_test:
         inputs.update(triples=fingerprint(triples_dir), train=fingerprint(train_dir))
-        test = synthetic_test_set(Path(chunks_dir), Path(triples_dir), Path(train_dir))
     if done := find_complete(out, config.config_hash(), inputs):
         log("export: up to date, skipping")
         return done
+    test = (synthetic_test_set(chunks_dir, Path(triples_dir), Path(train_dir)) if with_test
+            else None)
+    model = load_sentence_transformer(model_dir)
     texts = read_table(chunks_dir, CHUNKS).column("text").to_pylist()[:config.parity_samples]
     texts += ["short query", "a longer question about the corpus that a user might type?"]
     with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
-        meta = export_onnx(model_dir, tmp, config.opset)
-        check = parity(model_dir, tmp, texts)
+        meta = export_onnx(model, model_dir, tmp, config.opset)
+        check = parity(model, tmp, texts)
         log(f"export: parity min cosine {check['min_cosine']:.6f}, "
             f"max |diff| {check['max_abs_diff']:.2e} on {check['n']} texts")
         if check["min_cosine"] < config.min_cosine:

@@ -39,9 +39,11 @@ class BM25Index:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._retriever.get_scores(known), dtype=np.float32)
 
-    def top_k(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indexes and scores of the ``k`` best texts, best first (ties broken by index)."""
-        scores = self.scores(query)
+    def top_k(self, query: str, k: int,
+              scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Indexes and scores of the ``k`` best texts, best first (ties broken by index).
+        Pass ``scores`` when the query was already scored."""
+        scores = self.scores(query) if scores is None else scores
         k = min(k, self.size)
         order = np.lexsort((np.arange(self.size), -scores))[:k]
         return order, scores[order]

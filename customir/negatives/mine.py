@@ -45,7 +45,8 @@ class BM25Miner:
         if missing:
             return {SKIP_REASON: "positive_not_in_corpus", SKIP_DETAIL: ",".join(missing)}
         scores = self.index.scores(row["query"])
-        order, top = self.index.top_k(row["query"], self.config.top_k + len(positive_ids))
+        order, top = self.index.top_k(row["query"], self.config.top_k + len(positive_ids),
+                                      scores)
         ranked = [(self.chunk_ids[i], self.doc_ids[i], float(s)) for i, s in zip(order, top)]
         positive_score = float(scores[self.row_of[row["chunk_id"]]])
         chosen = select_under_margin(
