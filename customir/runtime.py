@@ -24,6 +24,7 @@ WORKER_ENV = {
     "OMP_WAIT_POLICY": "PASSIVE",
 }
 SKIP_REASON = "skip_reason"
+MAX_BLOCKS = 200
 SKIP_DETAIL = "skip_detail"
 
 
@@ -67,7 +68,15 @@ def map_parquet(input_dir: Path, udf: type, *, constructor_kwargs: dict[str, Any
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    ds = ray.data.read_parquet(str(input_dir))
+    import pyarrow.parquet as pq
+
+    # The stage's input is read here and handed to Ray as in-memory blocks: read tasks would
+    # need CPUs that a full actor pool holds (2 actors on 2 CPUs never get their input), and
+    # a stage file is a single block that only one actor would ever see.
+    table = pq.read_table(input_dir)
+    rows_per_block = max(batch_size, -(-table.num_rows // MAX_BLOCKS))
+    ds = ray.data.from_arrow([table.slice(start, rows_per_block)
+                              for start in range(0, table.num_rows, rows_per_block)] or [table])
     ds = ds.map_batches(udf, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size,
                         batch_format="pyarrow", num_cpus=num_cpus,
                         compute=ray.data.ActorPoolStrategy(size=concurrency))

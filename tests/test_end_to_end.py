@@ -54,6 +54,11 @@ def test_corpus_to_served_embeddings(tiny_corpus, tmp_path, ray_cluster):
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert set(report["synthetic-test"]["results"]) == {"bm25", "base", "tuned"}
     assert (run / "evaluation" / "report.png").stat().st_size > 1000
+    data = report["training_data"]  # every report accounts for what was trained on
+    assert data["verify"]["verified_queries"] == 2
+    assert data["verify"]["dropped_share_of_checked"] is not None
+    assert data["mine"]["backend"] == "bm25s" and data["generate"]["kinds"]
+    assert "dropped as false negatives" in (run / "evaluation" / "report.md").read_text()
     exported = Manifest.read(run / "export").extra
     assert exported["parity"]["min_cosine"] >= 0.9999
     int8 = exported["int8"]

@@ -90,6 +90,14 @@ def test_likelihood_reads_only_the_continuation_tokens(endpoint):
         pytest.approx((-0.1 - 2.0) / 2)
 
 
+def test_choice_likelihoods_sum_each_choices_tokens(endpoint):
+    url, _ = endpoint
+    llm = OpenAIHttpLLM(LLMConfig(backend="openai", base_url=url, model="m"))
+    prompt = "Passage: insulin\nQuery: insulin\nAnswer:"
+    assert llm.choice_log_likelihoods(prompt, [" insulin", " kidney", " insulin kidney"]) == \
+        pytest.approx([-0.1, -2.0, -2.1])
+
+
 def test_missing_base_url_is_a_clear_error():
     with pytest.raises(ValueError, match="base_url is required"):
         OpenAIHttpLLM(LLMConfig(backend="openai"))

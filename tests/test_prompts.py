@@ -1,7 +1,11 @@
 import pytest
 
-from customir.llm.prompts import (ReplyError, build_query_messages, build_scoring_prompt,
+from customir.config import VerifyMethod
+from customir.llm.prompts import (JUDGE_INSTRUCTION, ReplyError, build_judge_prompt,
+                                  build_query_messages, build_scoring_prompt, judge_score,
                                   parse_query_reply, query_schema)
+from customir.llm.scripted import ScriptedLLM
+from customir.negatives.verify import score_pair
 
 KINDS = ["keyword", "question", "claim"]
 
@@ -48,3 +52,22 @@ def test_replies_are_parsed(reply, expected):
 def test_bad_replies_say_what_is_wrong(reply, message):
     with pytest.raises(ReplyError, match=message):
         parse_query_reply(reply, KINDS)
+
+
+def test_judge_prompt_and_score_from_choice_probabilities():
+    prompt, choices = build_judge_prompt("Insulin lowers glucose.", "insulin", "scale")
+    assert prompt.startswith(JUDGE_INSTRUCTION) and prompt.endswith("Score:")
+    assert choices == [f" {i}" for i in range(1, 11)]
+    assert judge_score([0.0, -50.0]) == pytest.approx(0.0)  # all mass on "no"
+    assert judge_score([-50.0, 0.0]) == pytest.approx(1.0)
+    grades = [-50.0] * 10
+    grades[6] = 0.0  # all mass on " 7"
+    assert judge_score(grades) == pytest.approx(6 / 9)
+
+
+@pytest.mark.parametrize("method", list(VerifyMethod))
+def test_every_verify_method_scores_the_relevant_passage_higher(method):
+    llm = ScriptedLLM()
+    relevant = score_pair(llm, method, "insulin glucose", "Insulin lowers blood glucose.")
+    unrelated = score_pair(llm, method, "insulin glucose", "Coffee improves alertness.")
+    assert relevant > unrelated

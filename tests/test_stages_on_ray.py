@@ -7,6 +7,7 @@ import pytest
 
 from customir.config import GenerateConfig, IngestConfig, LLMConfig, MineConfig, VerifyConfig
 from customir.corpus import ingest
+from customir.manifest import Manifest
 from customir.negatives import mine, verify
 from customir.queries import generate
 from customir.schemas import CANDIDATES, QUERIES, TRIPLES, SchemaError, read_table
@@ -75,6 +76,36 @@ def test_mine_then_verify(run_dir):
     assert balance.n_in == mined.extra["candidates"]
     assert balance.n_out == sum(len(r["negative_chunk_ids"]) for r in triples)
     assert balance.n_in == balance.n_out + balance.skipped.get("false_negative", 0)
+
+
+    judged = verify.run(run_dir / "candidates", run_dir / "chunks", run_dir / "judged",
+                        VerifyConfig(llm=SCRIPTED, method="judge_yes_no"))
+    assert judged.extra["method"] == "judge_yes_no"
+    judged_rows = read_table(run_dir / "judged" / "triples", TRIPLES).to_pylist()
+    scores = [s for r in judged_rows for s in r["candidate_llm_scores"] if s is not None]
+    assert scores and all(0.0 <= s <= 1.0 for s in scores)
+
+
+@pytest.mark.parametrize("backend", ["pyserini", "hybrid"])
+def test_mining_backends_share_one_index_per_run(run_dir, backend):
+    generate.run(run_dir / "chunks", run_dir, GenerateConfig(llm=SCRIPTED, kinds=["keyword"]))
+    config = MineConfig(backend=backend, num_negatives=2, top_k=10, num_workers=2,
+                        batch_size=4)
+    mined = mine.run(run_dir / "queries", run_dir / "chunks", run_dir, config)
+    index_dir = run_dir / "indexes" / backend
+    built = Manifest.read(index_dir).finished_at
+    rows = read_table(run_dir / "candidates", CANDIDATES).to_pylist()
+    aspirin = next(r for r in rows if r["query"] == "Aspirin and the heart")
+    assert "d1#0" not in aspirin["candidate_chunk_ids"]
+    if backend == "pyserini":  # Lucene ranks like bm25s: the other aspirin passage first
+        assert aspirin["candidate_chunk_ids"][0] == "d5#0"
+    assert all(s <= 0.95 * r["positive_score"] for r in rows for s in r["candidate_scores"])
+    assert mined.balances["queries"].n_in == mined.balances["queries"].n_out
+    # new selection rules re-mine but reuse the index built for these chunks
+    again = mine.run(run_dir / "queries", run_dir / "chunks", run_dir,
+                     config.model_copy(update={"num_negatives": 1}))
+    assert Manifest.read(index_dir).finished_at == built
+    assert again.extra["candidates"] <= mined.extra["candidates"]
 
 
 def test_a_stage_run_on_the_wrong_folder_names_the_missing_columns(run_dir):

@@ -154,13 +154,30 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
         sets[beir.name], balances[f"beir:{beir.name}"] = _score_beir(
             beir, models, corpus, test.chunk_doc, bm25, config, cache)
     with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
-        write_report(tmp, sets)
+        write_report(tmp, sets, training_data_summary(triples_dir.parent))
         manifest.balances.update(balances)
         manifest.extra["sets"] = {name: {"n_queries": d["n_queries"],
                                          "nDCG@10": {s: round(m[COMPARED_METRIC], 4)
                                                      for s, m in d["results"].items()}}
                                   for name, d in sets.items()}
     return manifest
+
+
+def training_data_summary(run_dir: Path) -> dict:
+    """What the model was trained on, from the stage manifests: queries per kind, mining and
+    verification counts (the share of checked candidates the LLM dropped as false negatives)."""
+    summary: dict = {}
+    for stage, folder in (("generate", "queries"), ("mine", "candidates"),
+                          ("verify", "triples")):
+        try:
+            manifest = Manifest.read(run_dir / folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        summary[stage] = {"balances": {unit: {"in": b.n_in, "out": b.n_out,
+                                              "skipped": b.skipped}
+                                       for unit, b in manifest.balances.items()},
+                          **manifest.extra}
+    return summary
 
 
 def _score_beir(beir: BeirEvalConfig, models, corpus, chunk_doc, bm25, config, cache):

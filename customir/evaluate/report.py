@@ -30,15 +30,47 @@ def comparison_lines(comparisons: list[dict]) -> list[str]:
             for c in comparisons]
 
 
-def write_report(out_dir: Path, sets: dict[str, dict]) -> str:
-    """``sets``: {set name: {"n_queries", "results": {system: metrics}, "comparisons": [...]}}.
-    Returns the markdown text."""
-    (out_dir / "report.json").write_text(json.dumps(sets, indent=2, sort_keys=True))
+def training_data_lines(data: dict) -> list[str]:
+    """The report's account of the training data (from the stage manifests).
+
+    >>> lines = training_data_lines({"verify": {"method": "likelihood", "verified_queries": 3,
+    ...     "verdicts": {"kept": 9, "false_negative": 3}, "dropped_share_of_checked": 0.25}})
+    >>> lines[2].endswith("dropped as false negatives: 25.0% of checked candidates")
+    True
+    """
+    if not data:
+        return []
+    lines = ["## Training data", ""]
+    if gen := data.get("generate"):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(gen.get("kinds", {}).items()))
+        lines.append(f"- queries by kind: {kinds}")
+    if mined := data.get("mine"):
+        lines.append(f"- mining ({mined.get('backend', 'bm25s')}): {mined.get('candidates')} "
+                     f"candidates; {mined.get('dropped_over_margin')} dropped over the margin; "
+                     f"{mined.get('queries_without_candidates')} queries without candidates")
+    if checked := data.get("verify"):
+        share = checked.get("dropped_share_of_checked")
+        verdicts = ", ".join(f"{k} {n}" for k, n in checked.get("verdicts", {}).items())
+        lines.append(f"- verification ({checked.get('method', 'likelihood')}): "
+                     f"{checked.get('verified_queries')} queries checked; verdicts {verdicts}; "
+                     "dropped as false negatives: "
+                     + (f"{share:.1%} of checked candidates" if share is not None
+                        else "nothing checked"))
+    return lines + [""]
+
+
+def write_report(out_dir: Path, sets: dict[str, dict], training_data: dict | None = None) -> str:
+    """``sets``: {set name: {"n_queries", "results": {system: metrics}, "comparisons": [...]}};
+    ``training_data``: stage counts (see :func:`training_data_lines`). Returns the markdown."""
+    (out_dir / "report.json").write_text(json.dumps(
+        {**sets, **({"training_data": training_data} if training_data else {})},
+        indent=2, sort_keys=True))
     parts = ["# customir evaluation", ""]
     for name, data in sets.items():
         parts += [f"## {name} ({data['n_queries']} queries)", "", data.get("note", ""), "",
                   markdown_table(data["results"]), ""]
         parts += comparison_lines(data.get("comparisons", [])) + [""]
+    parts += training_data_lines(training_data or {})
     text = "\n".join(parts)
     (out_dir / "report.md").write_text(text)
     _plot(out_dir / "report.png", sets)

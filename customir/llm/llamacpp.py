@@ -44,17 +44,16 @@ class LlamaCppLLM:
         )
         return reply["choices"][0]["message"]["content"] or ""
 
-    def query_log_likelihood(self, prompt: str, continuation: str) -> float:
+    def _log_softmax_rows(self, prompt: str, continuation_ids: list[int]) -> np.ndarray:
+        """Evaluate prompt + continuation (reusing the KV cache of the longest prefix shared
+        with the last call); return the log-distributions that predict each continuation
+        token (row i predicts continuation_ids[i])."""
         llm = self._llm
         prompt_ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
-        cont_ids = llm.tokenize(continuation.encode(), add_bos=False, special=False)
-        if not cont_ids:
-            raise ValueError("empty continuation")
-        tokens = prompt_ids + cont_ids
+        tokens = prompt_ids + continuation_ids
         if len(tokens) > llm.n_ctx():
-            keep = llm.n_ctx() - len(cont_ids) - 1
-            tokens = prompt_ids[:keep] + cont_ids
-        # Reuse the KV cache (and logits rows) of the longest prefix shared with the last call.
+            keep = llm.n_ctx() - len(continuation_ids) - 1
+            tokens = prompt_ids[:keep] + continuation_ids
         cached = llm.input_ids[: llm.n_tokens].tolist()
         shared = 0
         for a, b in zip(cached, tokens):
@@ -64,9 +63,26 @@ class LlamaCppLLM:
         shared = min(shared, len(tokens) - 1)  # always decode at least one token
         llm.n_tokens = shared
         llm.eval(tokens[shared:])
-        start = len(tokens) - len(cont_ids)
+        start = len(tokens) - len(continuation_ids)
         logits = np.asarray(llm.scores[start - 1: len(tokens) - 1], dtype=np.float64)
         logits -= logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(logits).sum(axis=1))
-        picked = logits[np.arange(len(cont_ids)), cont_ids]
-        return float(np.mean(picked - log_norm))
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+    def _continuation_logprobs(self, prompt: str, continuation: str) -> np.ndarray:
+        cont_ids = self._llm.tokenize(continuation.encode(), add_bos=False, special=False)
+        if not cont_ids:
+            raise ValueError("empty continuation")
+        rows = self._log_softmax_rows(prompt, cont_ids)
+        return rows[np.arange(len(cont_ids)), cont_ids]
+
+    def query_log_likelihood(self, prompt: str, continuation: str) -> float:
+        return float(np.mean(self._continuation_logprobs(prompt, continuation)))
+
+    def choice_log_likelihoods(self, prompt: str, choices: list[str]) -> list[float]:
+        ids = [self._llm.tokenize(c.encode(), add_bos=False, special=False) for c in choices]
+        if all(len(i) == 1 for i in ids):
+            # one forward pass: every one-token choice is read from the same distribution
+            row = self._log_softmax_rows(prompt, ids[0])[0]
+            return [float(row[i[0]]) for i in ids]
+        # otherwise each choice is decoded after the shared, cached prompt
+        return [float(np.sum(self._continuation_logprobs(prompt, c))) for c in choices]

@@ -37,7 +37,7 @@ class OpenAIHttpLLM:
         )
         return reply.choices[0].message.content or ""
 
-    def query_log_likelihood(self, prompt: str, continuation: str) -> float:
+    def _continuation_logprobs(self, prompt: str, continuation: str) -> list[float]:
         text = prompt + continuation
         reply = self._client.completions.create(
             model=self._config.model, prompt=text, max_tokens=1, temperature=0.0, echo=True,
@@ -50,4 +50,13 @@ class OpenAIHttpLLM:
                   if len(prompt) <= offset < len(text) and lp is not None]
         if not picked:
             raise ValueError("no continuation tokens found in the echoed prompt")
+        return picked
+
+    def query_log_likelihood(self, prompt: str, continuation: str) -> float:
+        picked = self._continuation_logprobs(prompt, continuation)
         return sum(picked) / len(picked)
+
+    def choice_log_likelihoods(self, prompt: str, choices: list[str]) -> list[float]:
+        # One echo request per choice: exact for multi-token choices (" 10"), and servers with
+        # prefix caching (vLLM, llama.cpp) do not recompute the shared prompt.
+        return [sum(self._continuation_logprobs(prompt, c)) for c in choices]

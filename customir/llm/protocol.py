@@ -5,8 +5,11 @@ Two abilities are all the pipeline needs:
 - ``complete_json(messages, schema, max_tokens)``: a chat reply constrained to a JSON schema
   (small models write usable JSON only under a grammar; measured in issue 2).
 - ``query_log_likelihood(prompt, continuation)``: the mean log-probability per token of
-  ``continuation`` after ``prompt``. Verification scores log P(query | passage) this way (UPR,
-  Sachan et al. 2022), because small models judge yes/no at chance but rank by likelihood well.
+  ``continuation`` after ``prompt``. Verification can score log P(query | passage) this way
+  (UPR, Sachan et al. 2022).
+- ``choice_log_likelihoods(prompt, choices)``: the total log-probability of each answer choice
+  after ``prompt``; a relevance judgement (yes/no, 1-10) is read from these probabilities (a
+  sampled "yes" would lose the model's confidence; small models answer yes/no at chance).
 
 Any object with these methods and a ``name`` works; tests use a small in-process double.
 """
@@ -28,6 +31,10 @@ class LLM(Protocol):
 
     def query_log_likelihood(self, prompt: str, continuation: str) -> float:
         """Mean natural-log probability per token of ``continuation`` given ``prompt``."""
+        ...
+
+    def choice_log_likelihoods(self, prompt: str, choices: list[str]) -> list[float]:
+        """Total natural-log probability of each choice as the continuation of ``prompt``."""
         ...
 
 

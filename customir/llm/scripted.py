@@ -5,6 +5,8 @@ pipeline's wiring (``llm.backend: scripted``); its queries are not worth trainin
   passage containing ``[[garbage]]`` gets a reply that is not JSON (to exercise error paths).
 - ``query_log_likelihood`` is the share of the continuation's words found in the prompt, minus 1
   (so a passage that contains the query scores 0 and an unrelated one -1).
+- ``choice_log_likelihoods`` reads the judge prompt's passage and query, and favours the choice
+  (worst first) whose position matches the share of query words found in the passage.
 """
 
 from __future__ import annotations
@@ -41,3 +43,12 @@ class ScriptedLLM:
         if not words:
             raise ValueError("empty continuation")
         return sum(w in seen for w in words) / len(words) - 1.0
+
+    def choice_log_likelihoods(self, prompt: str, choices: list[str]) -> list[float]:
+        self.calls += 1
+        passage = prompt.split("Passage:", 1)[-1].split("\nQuery:", 1)[0]
+        query = prompt.split("\nQuery:", 1)[-1].split("\n", 1)[0]
+        seen = {w.lower() for w in _WORD.findall(passage)}
+        words = [w.lower() for w in _WORD.findall(query)] or [""]
+        target = sum(w in seen for w in words) / len(words) * (len(choices) - 1)
+        return [-float((i - target) ** 2) for i in range(len(choices))]

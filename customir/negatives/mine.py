@@ -1,7 +1,10 @@
 """Mine stage: ``queries/`` + ``chunks/`` → ``candidates/`` (schema CANDIDATES), on Ray Data.
 
-Each actor builds the BM25 index over all chunks once, then scores its batches of queries. A
-query's positives are every chunk that the same query text was written for.
+The candidate index (bm25s, pyserini, dense or hybrid; see :mod:`customir.negatives.index`) is
+built once under ``<run>/indexes/`` and opened once per mining actor; actors rank whole batches
+of queries at a time (one batched search, one batched scoring of the positives). A query's
+positives are every chunk that the same query text was written for (multi-hop queries have
+several); the margin is taken from the weakest.
 
 Balance: ``queries`` (in = out + skipped: positive_not_in_corpus). A query may end up with no
 candidate (all over the margin, or no term in common): it still trains on in-batch negatives and
@@ -17,7 +20,7 @@ import pyarrow as pa
 
 from customir.config import MineConfig, RayConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
-from customir.negatives.bm25 import BM25Index
+from customir.negatives.index import ensure_index, open_index
 from customir.negatives.selection import select_under_margin
 from customir.runtime import (SKIP_DETAIL, SKIP_REASON, map_parquet, ray_session, split_skips,
                               with_skip_columns)
@@ -27,40 +30,56 @@ STAGE = "mine"
 OUTPUT = with_skip_columns(CANDIDATES)
 
 
-class BM25Miner:
-    """Ray Data UDF: query rows in, the same rows plus BM25 candidates out."""
+class CandidateMiner:
+    """Ray Data UDF: query rows in, the same rows plus selected candidates out."""
 
-    def __init__(self, chunks_dir: str, config: MineConfig, positives: dict[str, list[str]]):
-        chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
+    def __init__(self, chunks_dir: str, index_dir: str, config: MineConfig,
+                 positives: dict[str, list[str]]):
+        chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id"]).to_pydict()
         self.config = config
         self.positives = positives
         self.chunk_ids = chunks["chunk_id"]
         self.doc_ids = chunks["doc_id"]
         self.row_of = {cid: i for i, cid in enumerate(self.chunk_ids)}
-        self.index = BM25Index(chunks["text"], config.stemmer)
+        self.index = open_index(index_dir, config)
 
-    def _mine(self, row: dict) -> dict:
-        positive_ids = set(self.positives.get(row["query"], [row["chunk_id"]]))
-        missing = [p for p in positive_ids if p not in self.row_of]
-        if missing:
-            return {SKIP_REASON: "positive_not_in_corpus", SKIP_DETAIL: ",".join(missing)}
-        scores = self.index.scores(row["query"])
-        order, top = self.index.top_k(row["query"], self.config.top_k + len(positive_ids),
-                                      scores)
-        ranked = [(self.chunk_ids[i], self.doc_ids[i], float(s)) for i, s in zip(order, top)]
-        positive_score = float(scores[self.row_of[row["chunk_id"]]])
-        chosen = select_under_margin(
-            ranked, positive_ids, {self.doc_ids[self.row_of[p]] for p in positive_ids},
-            positive_score, skip_top=self.config.skip_top,
-            relative_margin=self.config.relative_margin, num_negatives=self.config.num_negatives,
-            exclude_same_document=self.config.exclude_same_document)
-        return {"positive_score": positive_score, "candidate_chunk_ids": chosen.chunk_ids,
-                "candidate_scores": chosen.scores, "n_over_margin": chosen.n_over_margin,
-                SKIP_REASON: None, SKIP_DETAIL: None}
+    def _positive_rows(self, row: dict) -> tuple[list[str], list[int] | None]:
+        ids = list(dict.fromkeys(self.positives.get(row["query"], [row["chunk_id"]])))
+        missing = [p for p in ids if p not in self.row_of]
+        return ids, (None if missing else [self.row_of[p] for p in ids])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [{**row, **self._mine(row)} for row in batch.to_pylist()]
-        return pa.Table.from_pylist(rows, schema=OUTPUT)
+        rows = batch.to_pylist()
+        positives = [self._positive_rows(row) for row in rows]
+        usable = [i for i, (_, prow) in enumerate(positives) if prow is not None]
+        out = []
+        if usable:
+            width = max(len(positives[i][1]) for i in usable)
+            queries = [rows[i]["query"] for i in usable]
+            found, found_scores = self.index.search(queries, self.config.top_k + width,
+                                                    self.config.threads or 0)
+            pairs = [(rows[i]["query"], r) for i in usable for r in positives[i][1]]
+            pair_scores = iter(self.index.score([q for q, _ in pairs], [r for _, r in pairs]))
+        results = {}
+        for j, i in enumerate(usable):
+            ids, prows = positives[i]
+            weakest = min(float(next(pair_scores)) for _ in prows)
+            ranked = [(self.chunk_ids[r], self.doc_ids[r], float(s))
+                      for r, s in zip(found[j].tolist(), found_scores[j].tolist()) if r >= 0]
+            chosen = select_under_margin(ranked, set(ids), {self.doc_ids[r] for r in prows},
+                                         weakest, self.config, rows[i]["query_id"])
+            results[i] = {"positive_score": weakest, "candidate_chunk_ids": chosen.chunk_ids,
+                          "candidate_scores": chosen.scores,
+                          "n_over_margin": chosen.n_over_margin,
+                          SKIP_REASON: None, SKIP_DETAIL: None}
+        for i, row in enumerate(rows):
+            if i in results:
+                out.append({**row, **results[i]})
+            else:
+                missing = [p for p in positives[i][0] if p not in self.row_of]
+                out.append({**row, SKIP_REASON: "positive_not_in_corpus",
+                            SKIP_DETAIL: ",".join(missing)})
+        return pa.Table.from_pylist(out, schema=OUTPUT)
 
 
 def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, config: MineConfig,
@@ -75,13 +94,15 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
     positives: dict[str, list[str]] = defaultdict(list)
     for text, chunk_id in zip(queries["query"].to_pylist(), queries["chunk_id"].to_pylist()):
         positives[text].append(chunk_id)
-    log(f"mine: {queries.num_rows} queries against BM25 (top {config.top_k}, "
-        f"margin {config.relative_margin})")
+    index_dir = ensure_index(chunks_dir, run_dir, config)
+    log(f"mine: {queries.num_rows} queries against {config.backend.value} (top {config.top_k}, "
+        f"relative margin {config.relative_margin}, absolute margin {config.absolute_margin})")
     with ray_session(ray_config):
-        rows = map_parquet(queries_dir / DATA_DIR, BM25Miner,
-                           constructor_kwargs={"chunks_dir": str(chunks_dir), "config": config,
+        rows = map_parquet(queries_dir / DATA_DIR, CandidateMiner,
+                           constructor_kwargs={"chunks_dir": str(chunks_dir),
+                                               "index_dir": str(index_dir), "config": config,
                                                "positives": dict(positives)},
-                           batch_size=config.batch_size)
+                           batch_size=config.batch_size, concurrency=config.num_workers)
     table, skips = split_skips(rows, CANDIDATES, STAGE, "query_id")
     counts = table.column("candidate_chunk_ids").to_pylist()
     with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
@@ -89,6 +110,7 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
         manifest.balances["queries"] = Balance(queries.num_rows, table.num_rows,
                                                dict(Counter(s["reason"] for s in skips)))
         manifest.extra.update({
+            "backend": config.backend.value,
             "candidates": sum(len(c) for c in counts),
             "queries_without_candidates": sum(1 for c in counts if not c),
             "dropped_over_margin": int(sum(table.column("n_over_margin").to_pylist())),

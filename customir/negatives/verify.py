@@ -1,10 +1,13 @@
 """Verify stage: ``candidates/`` → ``triples/`` (schema TRIPLES): the LLM removes false negatives.
 
-For each query the LLM scores the mean log P(query | passage) of the positive and of every mined
-candidate (UPR, Sachan et al. 2022). A candidate that explains the query about as well as the
-positive (score >= positive - ``false_negative_margin``) is most likely relevant too, so it is
-dropped. Small models rank by likelihood far better than they answer yes/no (measured: 15/20 vs
-chance on SciFact pairs), hence scoring, not asking.
+For each query the LLM scores the positive and every mined candidate, by one of the methods of
+:class:`~customir.config.VerifyMethod`: a yes/no or 1-10 relevance judgement read from the answer
+tokens' probabilities (default), or the mean log P(query | passage) (UPR, Sachan et al. 2022). A
+candidate that scores about as well as the positive (score >= positive -
+``false_negative_margin``) is most likely relevant too, so it is dropped: thresholds are
+relative to the positive, which calibrates them per query and per method. How well each method
+separates true passages from BM25 near-misses is measured by ``benchmarks/verifier.py`` (figures
+in ``VerifyMethod``'s docstring and the README): with a 1.5B model, barely above chance.
 
 Balances: ``queries`` (in = out) and ``candidates`` (in = kept as negatives + false_negative +
 unverified_dropped).
@@ -18,8 +21,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from customir.config import RayConfig, VerifyConfig
-from customir.llm.prompts import build_scoring_prompt, scoring_continuation
+from customir.config import RayConfig, VerifyConfig, VerifyMethod
+from customir.llm.prompts import (build_judge_prompt, build_scoring_prompt, judge_score,
+                                  scoring_continuation)
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.runtime import map_parquet, ray_session, split_skips, with_skip_columns
 from customir.schemas import CANDIDATES, CHUNKS, DATA_DIR, TRIPLES, read_table, write_rows
@@ -46,6 +50,16 @@ def choose_queries_to_verify(query_ids: list[str], limit: int | None, seed: int 
                [:limit])
 
 
+def score_pair(llm, method: VerifyMethod, query: str, passage: str) -> float:
+    """The verifier's score of one (query, passage) pair: higher = more relevant."""
+    if method == VerifyMethod.likelihood:
+        return llm.query_log_likelihood(build_scoring_prompt(passage),
+                                        scoring_continuation(query))
+    scale = "yes_no" if method == VerifyMethod.judge_yes_no else "scale"
+    prompt, choices = build_judge_prompt(passage, query, scale)
+    return judge_score(llm.choice_log_likelihoods(prompt, choices))
+
+
 class NegativeVerifier:
     """Ray Data UDF: candidate rows in, rows with LLM scores and verdicts out."""
 
@@ -59,8 +73,7 @@ class NegativeVerifier:
         self.llm = load_llm(config.llm, scoring=True) if to_verify else None
 
     def _score(self, query: str, chunk_id: str) -> float:
-        return self.llm.query_log_likelihood(build_scoring_prompt(self.text[chunk_id]),
-                                             scoring_continuation(query))
+        return score_pair(self.llm, self.config.method, query, self.text[chunk_id])
 
     def _verify(self, row: dict) -> dict:
         candidates = row["candidate_chunk_ids"]
@@ -117,7 +130,8 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         manifest.balances["candidates"] = Balance(n_candidates, n_negatives,
                                                   {k: v for k, v in skipped.items() if v})
         manifest.extra.update({
-            "verified_queries": len(to_verify), "verdicts": dict(verdicts),
+            "method": config.method.value, "verified_queries": len(to_verify),
+            "verdicts": dict(verdicts),
             "dropped_share_of_checked": round(verdicts[FALSE_NEGATIVE] / checked, 4)
             if checked else None,
         })

@@ -1,0 +1,72 @@
+"""benchmarks/verifier.py end to end on a tiny BEIR folder (CRLF lines) with the scripted LLM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import PASSAGES
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "verifier.py"
+
+# query id -> (text, relevant doc ids); every query shares words with more than its own docs,
+# so BM25 finds a near-miss for each.
+TRAIN = {
+    "1": ("aspirin heart attack risk", ["d1"]),
+    "2": ("statins cholesterol heart disease", ["d2"]),
+    "3": ("exercise heart health", ["d3", "d9"]),
+    "4": ("aspirin stomach bleeding", ["d5"]),
+    "5": ("sleep memory attention adults", ["d6"]),
+    "6": ("coffee alertness stress", ["d7"]),
+}
+TEST_ONLY = {"99": ("green tea antioxidants", ["d8"])}
+
+
+def _write_beir(root: Path) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    crlf = "\r\n"
+    corpus = [json.dumps({"_id": d, "title": t, "text": x}) for d, (t, x) in PASSAGES.items()]
+    (root / "corpus.jsonl").write_bytes((crlf.join(corpus) + crlf).encode())
+    queries = [json.dumps({"_id": q, "text": t}) for q, (t, _) in {**TRAIN, **TEST_ONLY}.items()]
+    (root / "queries.jsonl").write_bytes((crlf.join(queries) + crlf).encode())
+    for name, qrels in (("train", TRAIN), ("test", TEST_ONLY)):
+        lines = ["query-id\tcorpus-id\tscore"]
+        lines += [f"{q}\t{d}\t1" for q, (_, docs) in qrels.items() for d in docs]
+        (root / "qrels" / f"{name}.tsv").write_bytes((crlf.join(lines) + crlf).encode())
+    return root
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_verifier_benchmark_scripted(tmp_path):
+    data = _write_beir(tmp_path / "scifact")
+    done = _run("--llm-backend", "scripted", "--queries", "5", "--data", str(data))
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "verifier"
+    assert figures["qrels"] == "train"
+    assert figures["queries"] == 5
+    assert set(figures["methods"]) == {"likelihood", "judge_yes_no", "judge_scale"}
+    for name, result in figures["methods"].items():
+        assert 0.0 <= result["pairwise_accuracy"] <= 1.0
+        low, high = result["ci95"]
+        assert 0.0 <= low <= result["pairwise_accuracy"] <= high <= 1.0
+        assert 0.0 <= result["near_miss_dropped_share"] <= 1.0
+        assert result["s_per_pair"] >= 0
+        if name == "likelihood":
+            assert result["threshold_accuracy"] is None
+        else:
+            assert 0.0 <= result["threshold_accuracy"] <= 1.0
+    assert "verifier on SciFact train qrels" in done.stdout   # the table comes first
+
+
+def test_verifier_benchmark_missing_data(tmp_path):
+    done = _run("--llm-backend", "scripted", "--data", str(tmp_path / "absent"))
+    assert done.returncode != 0
+    assert "BEIR data not found" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
