@@ -30,14 +30,22 @@ STAGE = "mine"
 OUTPUT = with_skip_columns(CANDIDATES)
 
 
+def positives_by_query(queries: pa.Table) -> dict[str, list[str]]:
+    """Every chunk each query text was written for (a multi-hop query has several)."""
+    positives: dict[str, list[str]] = defaultdict(list)
+    for text, chunk_id in zip(queries["query"].to_pylist(), queries["chunk_id"].to_pylist()):
+        positives[text].append(chunk_id)
+    return dict(positives)
+
+
 class CandidateMiner:
     """Ray Data UDF: query rows in, the same rows plus selected candidates out."""
 
-    def __init__(self, chunks_dir: str, index_dir: str, config: MineConfig,
-                 positives: dict[str, list[str]]):
+    def __init__(self, chunks_dir: str, queries_dir: str, index_dir: str, config: MineConfig):
         chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id"]).to_pydict()
         self.config = config
-        self.positives = positives
+        # read here rather than passed in: Ray pickles (and describes) constructor arguments
+        self.positives = positives_by_query(read_table(queries_dir, QUERIES))
         self.chunk_ids = chunks["chunk_id"]
         self.doc_ids = chunks["doc_id"]
         self.row_of = {cid: i for i, cid in enumerate(self.chunk_ids)}
@@ -47,6 +55,23 @@ class CandidateMiner:
         ids = list(dict.fromkeys(self.positives.get(row["query"], [row["chunk_id"]])))
         missing = [p for p in ids if p not in self.row_of]
         return ids, (None if missing else [self.row_of[p] for p in ids])
+
+    def _positive_scores(self, queries: list[str], positive_rows: list[list[int]],
+                         found, found_scores) -> list[list[float]]:
+        """Each positive's score: read from the search results when it was retrieved (the
+        usual case), otherwise asked of the index in one batched call."""
+        out: list[list[float]] = []
+        missing: list[tuple[int, int]] = []
+        for j, prows in enumerate(positive_rows):
+            hits = dict(zip(found[j].tolist(), found_scores[j].tolist()))
+            out.append([hits.get(r, float("nan")) for r in prows])
+            missing += [(j, k) for k, r in enumerate(prows) if r not in hits]
+        if missing:
+            scored = self.index.score([queries[j] for j, _ in missing],
+                                      [positive_rows[j][k] for j, k in missing])
+            for (j, k), value in zip(missing, scored.tolist()):
+                out[j][k] = float(value)
+        return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -58,12 +83,13 @@ class CandidateMiner:
             queries = [rows[i]["query"] for i in usable]
             found, found_scores = self.index.search(queries, self.config.top_k + width,
                                                     self.config.threads or 0)
-            pairs = [(rows[i]["query"], r) for i in usable for r in positives[i][1]]
-            pair_scores = iter(self.index.score([q for q, _ in pairs], [r for _, r in pairs]))
+            positive_scores = self._positive_scores([rows[i]["query"] for i in usable],
+                                                    [positives[i][1] for i in usable],
+                                                    found, found_scores)
         results = {}
         for j, i in enumerate(usable):
             ids, prows = positives[i]
-            weakest = min(float(next(pair_scores)) for _ in prows)
+            weakest = min(positive_scores[j])
             ranked = [(self.chunk_ids[r], self.doc_ids[r], float(s))
                       for r, s in zip(found[j].tolist(), found_scores[j].tolist()) if r >= 0]
             chosen = select_under_margin(ranked, set(ids), {self.doc_ids[r] for r in prows},
@@ -91,17 +117,14 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
         log(f"mine: up to date ({done.balances['queries'].n_out} queries), skipping")
         return done
     queries = read_table(queries_dir, QUERIES)
-    positives: dict[str, list[str]] = defaultdict(list)
-    for text, chunk_id in zip(queries["query"].to_pylist(), queries["chunk_id"].to_pylist()):
-        positives[text].append(chunk_id)
     index_dir = ensure_index(chunks_dir, run_dir, config)
     log(f"mine: {queries.num_rows} queries against {config.backend.value} (top {config.top_k}, "
         f"relative margin {config.relative_margin}, absolute margin {config.absolute_margin})")
     with ray_session(ray_config):
         rows = map_parquet(queries_dir / DATA_DIR, CandidateMiner,
                            constructor_kwargs={"chunks_dir": str(chunks_dir),
-                                               "index_dir": str(index_dir), "config": config,
-                                               "positives": dict(positives)},
+                                               "queries_dir": str(queries_dir),
+                                               "index_dir": str(index_dir), "config": config},
                            batch_size=config.batch_size, concurrency=config.num_workers)
     table, skips = split_skips(rows, CANDIDATES, STAGE, "query_id")
     counts = table.column("candidate_chunk_ids").to_pylist()
