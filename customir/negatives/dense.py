@@ -62,12 +62,12 @@ class DenseIndex:
     def build(texts: list[str], directory: str | Path, model_name: str, use_faiss: bool,
               batch_size: int = 64, model=None) -> None:
         directory = Path(directory)
+        faiss = _faiss() if use_faiss else None  # fail before the (long) encoding, not after
         model = model or load_sentence_transformer(model_name)
         embeddings = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                   convert_to_numpy=True).astype(np.float32)
         np.save(directory / EMBEDDINGS, embeddings)
-        if use_faiss:
-            faiss = _faiss()
+        if faiss is not None:
             graph = faiss.IndexHNSWFlat(embeddings.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
             graph.hnsw.efConstruction = 80
             graph.add(embeddings)
