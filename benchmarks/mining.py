@@ -128,10 +128,9 @@ def raw_bm25s(index_dir: Path, queries: list[str], k: int) -> float:
 
 def raw_pyserini(index_dir: Path, queries: list[str], k: int, k1: float, b: float) -> float:
     """Seconds for plain pyserini batch_search on the same Lucene index, all cores."""
-    from customir.negatives.lucene import _JVM, start_jvm
+    from customir.negatives.lucene import lucene_searcher
 
-    start_jvm()
-    searcher = _JVM["searcher"](str(index_dir))
+    searcher = lucene_searcher(index_dir)
     searcher.set_bm25(k1, b)
     started = time.perf_counter()
     searcher.batch_search(queries, [str(i) for i in range(len(queries))], k=k,

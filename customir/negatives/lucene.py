@@ -78,6 +78,13 @@ def _quiet_java_logs(jnius) -> None:
         pass
 
 
+def lucene_searcher(directory: str | Path, heap: str = "4g"):
+    """pyserini's own ``LuceneSearcher`` on an index, with the JVM set up as above (used by
+    :class:`LuceneIndex` and by the benchmark's raw-pyserini baseline)."""
+    start_jvm(heap)
+    return _JVM["searcher"](str(directory))
+
+
 class LuceneIndex:
     """A Lucene BM25 index on disk; same ``search``/``score`` interface as :class:`BM25Index`."""
 
@@ -85,9 +92,8 @@ class LuceneIndex:
 
     def __init__(self, directory: str | Path, k1: float = 1.5, b: float = 0.75,
                  threads: int | None = None, heap: str = "4g"):
-        start_jvm(heap)
         self.directory = str(directory)
-        self._searcher = _JVM["searcher"](self.directory)
+        self._searcher = lucene_searcher(self.directory, heap)
         self._searcher.set_bm25(k1, b)
         self._reader = _JVM["reader"](self.directory)
         self._similarity = _JVM["similarity"](float(k1), float(b))
