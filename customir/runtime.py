@@ -57,23 +57,29 @@ def ray_session(config: RayConfig | None = None) -> Iterator[None]:
 
 
 def map_parquet(input_dir: Path, udf: type, *, constructor_kwargs: dict[str, Any],
-                batch_size: int, concurrency: int = 1, num_cpus: float = 1) -> pa.Table:
+                batch_size: int, concurrency: int = 1, num_cpus: float = 1) -> pa.Table | None:
     """Run ``udf`` (a callable class) over a Parquet folder with Ray Data; return all its rows.
 
     UDFs return rows in their output schema plus ``skip_reason``/``skip_detail`` columns, so a
     stage can count every input it did not use (see :func:`split_skips`).
     """
+    import pyarrow.parquet as pq
+
+    return map_table(pq.read_table(input_dir), udf, constructor_kwargs=constructor_kwargs,
+                     batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus)
+
+
+def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
+              batch_size: int, concurrency: int = 1, num_cpus: float = 1) -> pa.Table | None:
+    """Run ``udf`` over an in-memory table with a pool of ``concurrency`` Ray Data actors."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    import pyarrow.parquet as pq
-
-    # The stage's input is read here and handed to Ray as in-memory blocks: read tasks would
-    # need CPUs that a full actor pool holds (2 actors on 2 CPUs never get their input), and
-    # a stage file is a single block that only one actor would ever see.
-    table = pq.read_table(input_dir)
+    # The input is handed to Ray as in-memory blocks: read tasks would need CPUs that a full
+    # actor pool holds (2 actors on 2 CPUs never get their input), and a stage file is a single
+    # block that only one actor would ever see.
     rows_per_block = max(batch_size, -(-table.num_rows // MAX_BLOCKS))
     ds = ray.data.from_arrow([table.slice(start, rows_per_block)
                               for start in range(0, table.num_rows, rows_per_block)] or [table])

@@ -1,7 +1,7 @@
 """The file contracts between stages: one pyarrow schema per stage output, defined once here.
 
     ingest   → chunks/     CHUNKS     one row per chunk
-    generate → queries/    QUERIES    one row per (query, positive chunk)
+    generate → queries/    QUERIES    one row per (query, positive chunk); profile.json
     mine     → candidates/ CANDIDATES one row per query, BM25 candidates as lists
     verify   → triples/    TRIPLES    one row per query, LLM-checked negatives as lists
     every stage → skipped/ SKIPPED    one row per input it could not use, with the reason
@@ -31,10 +31,15 @@ CHUNKS = pa.schema([
 QUERIES = pa.schema([
     ("query_id", pa.string()),        # sha1 of (kind, query, chunk_id), first 16 hex digits
     ("query", pa.string()),
-    ("kind", pa.string()),            # keyword | question | claim | title | heading
-    ("origin", pa.string()),          # "llm:<model>" or "structural"
+    ("kind", pa.string()),            # keyword | question | claim | multihop | title | heading
+                                      # | subject | inverse_cloze
+    ("origin", pa.string()),          # "llm:<model>", "structural" or "inverse_cloze"
     ("chunk_id", pa.string()),        # the positive
     ("doc_id", pa.string()),
+    ("supporting_chunk_ids", pa.list_(pa.string())),  # every chunk the query needs (multi-hop:
+                                                      # 2-3, one row per chunk; else [chunk_id])
+    ("positive_text", pa.string()),   # the positive's text when it is not the chunk's (inverse
+                                      # cloze: the chunk without the query sentence), else null
 ])
 
 CANDIDATES = pa.schema(list(QUERIES) + [

@@ -36,7 +36,7 @@ def tiny_corpus(tmp_path):
 def test_corpus_to_served_embeddings(tiny_corpus, tmp_path, ray_cluster):
     config = load_config(None, [
         f"corpus={tiny_corpus}", f"run_dir={tmp_path / 'run'}",
-        "generate.max_llm_chunks=2", "verify.max_queries=2",
+        "generate.max_llm_chunks=2", "generate.multihop=0.5", "verify.max_queries=2",
         "train.max_steps=2", "train.batch_size=8", "train.split=[0.5, 0.2, 0.3]",
         f"serve.port={free_port()}",
     ])
@@ -58,7 +58,10 @@ def test_corpus_to_served_embeddings(tiny_corpus, tmp_path, ray_cluster):
     assert data["verify"]["verified_queries"] == 2
     assert data["verify"]["dropped_share_of_checked"] is not None
     assert data["mine"]["backend"] == "bm25s" and data["generate"]["kinds"]
-    assert "dropped as false negatives" in (run / "evaluation" / "report.md").read_text()
+    markdown = (run / "evaluation" / "report.md").read_text()
+    assert "dropped as false negatives" in markdown
+    assert "| kind | asked | written | reply failures |" in markdown  # generation per kind
+    assert data["generate"]["per_kind"]["title"]["kept"] >= 1
     exported = Manifest.read(run / "export").extra
     assert exported["parity"]["min_cosine"] >= 0.9999
     int8 = exported["int8"]

@@ -1,5 +1,5 @@
-from customir.queries.filtering import (choose_llm_chunks, first_chunks_under_headings, query_id,
-                                        reject_reason, structural_queries)
+from customir.queries.filtering import choose_llm_chunks, query_id, reject_reason
+from customir.queries.signals import first_chunks_under_headings, structural_queries
 
 PASSAGE = "Metformin lowers blood glucose in adults with type 2 diabetes."
 

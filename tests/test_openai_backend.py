@@ -8,7 +8,7 @@ import pytest
 
 from customir.config import LLMConfig
 from customir.llm.openai_http import OpenAIHttpLLM
-from customir.llm.prompts import build_query_messages, parse_query_reply, query_schema
+from customir.queries.prompts import build_query_messages, parse_json_reply, query_schema
 
 from conftest import free_port
 
@@ -76,8 +76,8 @@ def test_query_writing_over_http_with_a_retry(endpoint):
     llm = OpenAIHttpLLM(LLMConfig(backend="openai", base_url=url, model="m", max_retries=2))
     kinds = ["keyword", "question"]
     reply = llm.complete_json(build_query_messages("Insulin.", kinds), query_schema(kinds), 50)
-    assert parse_query_reply(reply, kinds) == {"keyword": "keyword about insulin",
-                                               "question": "question about insulin"}
+    assert parse_json_reply(reply) == {"keyword": "keyword about insulin",
+                                       "question": "question about insulin"}
     assert state["requests"] == 2  # the 503 was retried
 
 

@@ -28,11 +28,17 @@ def run_dir(tmp_path, fixture_corpus, ray_cluster):
 
 
 def test_generate_counts_queries_and_reply_errors(run_dir):
-    manifest = generate.run(run_dir / "chunks", run_dir, GenerateConfig(llm=SCRIPTED,
-                                                                        batch_size=3))
-    llm_chunks, queries = manifest.balances["llm_chunks"], manifest.balances["queries"]
+    manifest = generate.run(run_dir / "chunks", run_dir,
+                            GenerateConfig(llm=SCRIPTED, batch_size=3, multihop=0.0))
+    balances = manifest.balances
+    llm_chunks, queries = balances["llm_chunks"], balances["queries"]
     assert (llm_chunks.n_in, llm_chunks.n_out, llm_chunks.skipped) == (11, 10,
-                                                                       {"llm_reply_error": 1})
+                                                                       {"no_usable_reply": 1})
+    # 11 chunks x 3 kinds asked; the garbage chunk's 3 fail after every attempt
+    assert (balances["llm_queries"].n_in, balances["llm_queries"].n_out,
+            balances["llm_queries"].skipped) == (33, 30, {"reply_not_json": 3})
+    assert manifest.extra["llm_usage"]["queries"]["rounds"] == 3  # bounded re-asks
+    assert manifest.extra["llm_usage"]["queries"]["requests"] == 11 + 2
     table = read_table(run_dir / "queries", QUERIES)
     assert table.num_rows == queries.n_out
     kinds = table.column("kind").to_pylist()
@@ -40,9 +46,15 @@ def test_generate_counts_queries_and_reply_errors(run_dir):
     assert {"keyword", "question", "claim"} <= set(kinds)
     skipped = pq.read_table(run_dir / "queries" / "skipped.parquet").to_pylist()
     reasons = [s["reason"] for s in skipped]
-    assert reasons.count("llm_reply_error") == 1
-    assert sum(queries.skipped.values()) == len(reasons) - 1
-    assert {s["item"] for s in skipped if s["reason"] == "llm_reply_error"} == {"bad#0"}
+    assert reasons.count("reply_not_json") == 3
+    assert sum(queries.skipped.values()) == len(reasons) - 3
+    assert {s["item"] for s in skipped if s["reason"] == "reply_not_json"} == {
+        "q:bad#0 [keyword]", "q:bad#0 [question]", "q:bad#0 [claim]"}
+    per_kind = manifest.extra["per_kind"]
+    assert per_kind["keyword"]["asked"] == 11 and per_kind["keyword"]["reply_failures"] == {
+        "not_json": 1}
+    for counts in per_kind.values():  # every candidate is kept or dropped for a reason
+        assert counts["candidates"] == counts["kept"] + sum(counts["dropped"].values())
 
 
 def test_mine_then_verify(run_dir):

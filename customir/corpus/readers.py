@@ -34,7 +34,7 @@ class Skip:
     detail: str | None = None
 
 
-SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".parquet", ".pdf")
+SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".parquet", ".pdf", ".eml")
 
 
 _CONTROL_BYTES = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
@@ -232,7 +232,30 @@ def read_parquet(path: Path, rel: str, config: IngestConfig) -> Iterator[Documen
         yield _record_document(record, f"{rel}:{number}", rel, config)
 
 
+def read_email(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
+    """An RFC 822 message (.eml): the subject is the title, the body its plain-text part (or
+    its HTML part as text when there is no plain one)."""
+    import email
+    from email import policy
+
+    message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    subject = " ".join(str(message.get("subject", "")).split()) or None
+    part = message.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        raise _SkipFile("no_text", "the e-mail has no text or HTML body")
+    try:
+        body = part.get_content()
+    except (LookupError, ValueError) as exc:
+        raise _SkipFile("undecodable_text", f"e-mail body: {exc}") from None
+    if part.get_content_type() == "text/html":
+        parser = _HTMLText()
+        parser.feed(body)
+        body = "\n".join("".join(parts) for _, parts in parser.sections)
+    yield Document(rel, rel, subject, [(None, body)], "utf-8")
+
+
 READERS = {
+    ".eml": read_email,
     ".txt": read_txt, ".md": read_markdown, ".markdown": read_markdown, ".html": read_html,
     ".htm": read_html, ".jsonl": read_jsonl, ".parquet": read_parquet, ".pdf": read_pdf,
 }

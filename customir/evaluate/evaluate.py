@@ -78,19 +78,28 @@ class TestSet:
     qrels: Qrels                    # query_id → {chunk_id: 1} (every chunk it was written for)
 
 
+# Inverse-cloze queries are sentences of their own chunk: trivially found, not a retrieval test.
+NOT_TEST_KINDS = {"inverse_cloze"}
+
+
 def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> TestSet:
-    """The generated queries whose positives lie in the train stage's *test* documents."""
+    """The generated queries whose positives *all* lie in the train stage's test documents (a
+    multi-hop question with a chunk in a training document was seen in training)."""
     chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
     corpus = dict(zip(chunks["chunk_id"], chunks["text"]))
     chunk_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"]))
     split = dict(zip(*pq.read_table(Path(train_dir) / SPLIT_FILE).to_pydict().values()))
     test_docs = {d for d, s in split.items() if s == "test"}
-    triples = read_table(triples_dir, TRIPLES).select(["query_id", "query", "chunk_id"]).to_pylist()
+    triples = read_table(triples_dir, TRIPLES).select(
+        ["query_id", "query", "chunk_id", "kind"]).to_pylist()
     positives: dict[str, set[str]] = defaultdict(set)
     for t in triples:
         positives[t["query"]].add(t["chunk_id"])
     queries = {t["query_id"]: t["query"] for t in triples
-               if chunk_doc[t["chunk_id"]] in test_docs}
+               if t["kind"] not in NOT_TEST_KINDS
+               and all(chunk_doc[c] in test_docs for c in positives[t["query"]])}
+    # one test query per text (a multi-hop question has a row per supporting chunk)
+    queries = {qid: q for q, qid in {q: qid for qid, q in sorted(queries.items())}.items()}
     qrels = {qid: {c: 1 for c in positives[q]} for qid, q in queries.items()}
     return TestSet(corpus, chunk_doc, queries, qrels)
 

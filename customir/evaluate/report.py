@@ -44,6 +44,8 @@ def training_data_lines(data: dict) -> list[str]:
     if gen := data.get("generate"):
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(gen.get("kinds", {}).items()))
         lines.append(f"- queries by kind: {kinds}")
+        if per_kind := gen.get("per_kind"):
+            lines += ["", *per_kind_table(per_kind), ""]
     if mined := data.get("mine"):
         lines.append(f"- mining ({mined.get('backend', 'bm25s')}): {mined.get('candidates')} "
                      f"candidates; {mined.get('dropped_over_margin')} dropped over the margin; "
@@ -57,6 +59,27 @@ def training_data_lines(data: dict) -> list[str]:
                      + (f"{share:.1%} of checked candidates" if share is not None
                         else "nothing checked"))
     return lines + [""]
+
+
+def _reasons(counts: dict) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "-"
+
+
+def per_kind_table(per_kind: dict) -> list[str]:
+    """Generation counts per query kind: LLM asks and failed replies, then the filters.
+
+    >>> per_kind_table({"title": {"asked": 0, "written": 0, "reply_failures": {},
+    ...                 "candidates": 3, "kept": 2, "dropped": {"duplicate": 1}, "rows": 2}})[2]
+    '| title | - | - | - | 3 | 2 | duplicate 1 | 2 |'
+    """
+    lines = ["| kind | asked | written | reply failures | candidates | kept | dropped | rows |",
+             "|---|---|---|---|---|---|---|---|"]
+    for kind, d in sorted(per_kind.items()):
+        llm = d["asked"] > 0
+        lines.append(f"| {kind} | {d['asked'] if llm else '-'} | {d['written'] if llm else '-'} "
+                     f"| {_reasons(d['reply_failures']) if llm else '-'} | {d['candidates']} "
+                     f"| {d['kept']} | {_reasons(d['dropped'])} | {d['rows']} |")
+    return lines
 
 
 def write_report(out_dir: Path, sets: dict[str, dict], training_data: dict | None = None) -> str:

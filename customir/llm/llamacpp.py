@@ -14,6 +14,7 @@ import numpy as np
 
 from customir.config import LLMConfig
 from customir.llm.gguf import resolve_gguf
+from customir.llm.protocol import Completion
 
 _INSTALL = "pip install llama-cpp-python==0.3.36   (or: pip install 'customir[embedded]')"
 
@@ -35,14 +36,17 @@ class LlamaCppLLM:
             logits_all=scoring, verbose=False, seed=0,
         )
 
-    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int) -> str:
+    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int,
+                      temperature: float | None = None) -> Completion:
         reply = self._llm.create_chat_completion(
             messages=messages,
             response_format={"type": "json_object", "schema": schema},
-            temperature=self._config.temperature,
+            temperature=self._config.temperature if temperature is None else temperature,
             max_tokens=max_tokens,
         )
-        return reply["choices"][0]["message"]["content"] or ""
+        choice, usage = reply["choices"][0], reply.get("usage") or {}
+        return Completion(choice["message"]["content"] or "", choice.get("finish_reason") or "stop",
+                          usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
     def _log_softmax_rows(self, prompt: str, continuation_ids: list[int]) -> np.ndarray:
         """Evaluate prompt + continuation (reusing the KV cache of the longest prefix shared

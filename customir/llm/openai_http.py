@@ -3,15 +3,47 @@
 Query writing uses chat completions with a JSON-schema ``response_format``. Likelihood scoring
 uses the legacy completions endpoint with ``echo=True, logprobs=1``, which vLLM and llama.cpp
 servers implement: the prompt's own token log-probabilities come back, and the continuation's
-tokens are found by their character offsets. Timeouts and retries with exponential backoff are
-the official client's (``timeout_s``, ``max_retries``).
+tokens are found by their character offsets.
+
+Why the official client in threads rather than Ray's ``HttpRequestProcessorConfig``: the stage
+re-asks only the parts of a reply that failed validation (a bounded number of rounds, the same
+for every backend), and scoring needs the echo/logprobs endpoint that processor does not wrap.
+So each worker runs up to ``llm.concurrency`` requests at once from a thread pool (the work is
+waiting on the network), starts at most ``llm.qps`` per second (:class:`RateLimiter`), and
+leaves timeouts and retries with exponential backoff on 408/409/429/5xx and connection errors to
+the client (``timeout_s``, ``max_retries``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
-from customir.config import LLMConfig
+from customir.config import LLMConfig, ResponseFormat
+from customir.llm.protocol import Completion
+
+
+class RateLimiter:
+    """Start at most ``qps`` calls per second across threads (calls are spaced 1/qps apart).
+
+    >>> limiter = RateLimiter(None); limiter.wait()  # no limit: returns at once
+    """
+
+    def __init__(self, qps: float | None):
+        self.interval = 1.0 / qps if qps else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
 
 
 class OpenAIHttpLLM:
@@ -27,18 +59,29 @@ class OpenAIHttpLLM:
         self._config = config
         self._client = OpenAI(base_url=config.base_url, api_key=api_key,
                               timeout=config.timeout_s, max_retries=config.max_retries)
+        self._limiter = RateLimiter(config.qps)
 
-    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int) -> str:
+    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int,
+                      temperature: float | None = None) -> Completion:
+        if self._config.response_format == ResponseFormat.json_object:
+            response_format = {"type": "json_object", "schema": schema}
+        else:
+            response_format = {"type": "json_schema",
+                               "json_schema": {"name": "reply", "schema": schema}}
+        self._limiter.wait()
         reply = self._client.chat.completions.create(
             model=self._config.model, messages=messages, max_tokens=max_tokens,
-            temperature=self._config.temperature,
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "queries", "schema": schema}},
+            temperature=self._config.temperature if temperature is None else temperature,
+            response_format=response_format,
         )
-        return reply.choices[0].message.content or ""
+        choice, usage = reply.choices[0], reply.usage
+        return Completion(choice.message.content or "", choice.finish_reason or "stop",
+                          usage.prompt_tokens if usage else 0,
+                          usage.completion_tokens if usage else 0)
 
     def _continuation_logprobs(self, prompt: str, continuation: str) -> list[float]:
         text = prompt + continuation
+        self._limiter.wait()
         reply = self._client.completions.create(
             model=self._config.model, prompt=text, max_tokens=1, temperature=0.0, echo=True,
             logprobs=1)

@@ -1,9 +1,10 @@
 """The one LLM interface every stage talks to, and the factory that picks a backend.
 
-Two abilities are all the pipeline needs:
+Three abilities are all the pipeline needs:
 
-- ``complete_json(messages, schema, max_tokens)``: a chat reply constrained to a JSON schema
-  (small models write usable JSON only under a grammar; measured in issue 2).
+- ``complete_json(messages, schema, max_tokens, temperature)``: a chat reply constrained to a
+  JSON schema (small models write usable JSON only under a grammar; measured in issue 2), as a
+  :class:`Completion` (text, why it stopped, token counts).
 - ``query_log_likelihood(prompt, continuation)``: the mean log-probability per token of
   ``continuation`` after ``prompt``. Verification can score log P(query | passage) this way
   (UPR, Sachan et al. 2022).
@@ -16,17 +17,30 @@ Any object with these methods and a ``name`` works; tests use a small in-process
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from customir.config import LLMBackend, LLMConfig
+
+
+@dataclass
+class Completion:
+    """One chat reply: its raw text (JSON when the backend honours the schema), why generation
+    stopped (``stop``, or ``length`` when cut at ``max_tokens``) and the tokens it cost."""
+
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @runtime_checkable
 class LLM(Protocol):
     name: str
 
-    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int) -> str:
-        """Return the raw reply text (JSON when the backend honours the schema)."""
+    def complete_json(self, messages: list[dict], schema: dict, max_tokens: int,
+                      temperature: float | None = None) -> Completion:
+        """A reply following ``schema``; ``temperature`` None means the configured one."""
         ...
 
     def query_log_likelihood(self, prompt: str, continuation: str) -> float:
@@ -48,6 +62,10 @@ def load_llm(config: LLMConfig, *, scoring: bool = False) -> LLM:
         from customir.llm.openai_http import OpenAIHttpLLM
 
         return OpenAIHttpLLM(config)
+    if config.backend == LLMBackend.vllm:
+        raise ValueError("the vllm backend runs inside Ray Data (customir.llm.vllm_batch) and "
+                         "only writes queries; use llamacpp or openai (e.g. a vLLM server) for "
+                         "scoring")
     if config.backend == LLMBackend.scripted:
         from customir.llm.scripted import ScriptedLLM
 

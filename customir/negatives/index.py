@@ -100,10 +100,10 @@ def ensure_index(chunks_dir: str | Path, run_dir: str | Path, config: MineConfig
     out = Path(run_dir).resolve() / "indexes" / config.backend.value
     inputs = {"chunks": fingerprint(chunks_dir)}
     if find_complete(out, index_hash(config), inputs):
-        log(f"mine: reusing the {config.backend.value} index in {out}")
+        log(f"index: reusing the {config.backend.value} index in {out}")
         return out
     texts = read_table(chunks_dir, CHUNKS).column("text").to_pylist()
-    log(f"mine: building the {config.backend.value} index over {len(texts)} chunks")
+    log(f"index: building the {config.backend.value} index over {len(texts)} chunks")
     with stage_output(out, "index", index_hash(config), inputs) as (tmp, manifest):
         build_index(texts, tmp, config)
         manifest.balances["chunks"] = Balance(len(texts), len(texts), {})

@@ -82,7 +82,8 @@ class NegativeVerifier:
             negatives = list(candidates) if self.config.keep_unverified else []
             return {"positive_llm_score": None, "candidate_llm_scores": [None] * len(candidates),
                     "candidate_verdicts": verdicts, "negative_chunk_ids": negatives}
-        positive = self._score(row["query"], row["chunk_id"])
+        positive = (score_pair(self.llm, self.config.method, row["query"], row["positive_text"])
+                    if row.get("positive_text") else self._score(row["query"], row["chunk_id"]))
         scores = [self._score(row["query"], cid) for cid in candidates]
         verdicts = judge_candidates(positive, scores, self.config.false_negative_margin)
         return {"positive_llm_score": positive, "candidate_llm_scores": scores,

@@ -1,21 +1,43 @@
-"""Query quality filters and the structural (free) pseudo-queries — pure functions.
+"""Query quality filters and the deterministic choices of the generate stage — pure functions.
 
 Each filter returns a reason string when the query must go, else None; the stage counts every
-reason in its manifest.
+reason in its manifest. Corpus-level filters (near-duplicates by embedding, round-trip
+consistency, LLM judge) are in :mod:`customir.queries.generate`; their decision rules are here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
-from customir.corpus.chunking import normalized_key
+import numpy as np
+
+_WORD = re.compile(r"\w+")
 
 
 def query_id(kind: str, query: str, chunk_id: str) -> str:
     return hashlib.sha1(f"{kind}\x1f{query}\x1f{chunk_id}".encode()).hexdigest()[:16]
 
 
-def reject_reason(query: str, passage: str, min_words: int, max_words: int) -> str | None:
+def copy_share(query: str, passage: str, n: int = 3) -> float:
+    """Share of the query's word n-grams that occur in the passage (case-insensitive).
+
+    >>> copy_share("aspirin thins the blood", "Aspirin thins the blood of adults.")
+    1.0
+    >>> copy_share("does aspirin thin blood", "Aspirin thins the blood.")
+    0.0
+    """
+    words = [w.lower() for w in _WORD.findall(query)]
+    grams = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    if not grams:
+        return 0.0
+    text = [w.lower() for w in _WORD.findall(passage)]
+    seen = {tuple(text[i:i + n]) for i in range(len(text) - n + 1)}
+    return len(grams & seen) / len(grams)
+
+
+def reject_reason(query: str, passage: str, min_words: int, max_words: int,
+                  max_copy_overlap: float = 0.8) -> str | None:
     """Why ``query`` is not a usable training query for ``passage`` (None when it is).
 
     >>> reject_reason("aspirin", "Aspirin thins blood.", 2, 40)
@@ -30,47 +52,50 @@ def reject_reason(query: str, passage: str, min_words: int, max_words: int) -> s
         return "too_short"
     if len(words) > max_words:
         return "too_long"
-    # A query that is a long verbatim span of the passage teaches string matching, not meaning.
-    if len(words) >= 5 and normalized_key(query).rstrip(".?!") in normalized_key(passage):
+    # A query that is (nearly) a verbatim span of the passage teaches string matching, not
+    # meaning: most of its word trigrams are in the passage.
+    if len(words) >= 5 and copy_share(query, passage) >= max_copy_overlap:
         return "copied_from_passage"
     if "passage" in query.lower() and "passage" not in passage.lower():
         return "mentions_the_passage"
     return None
 
 
-def structural_queries(chunk: dict, first_under_heading: bool) -> list[tuple[str, str]]:
-    """(kind, query) pairs the document's own structure gives for free.
+def near_duplicates(embeddings: np.ndarray, threshold: float, block: int = 1024) -> np.ndarray:
+    """Greedy dedup in row order: row i is a duplicate when its cosine to an earlier row that
+    was kept is >= ``threshold`` (rows are L2-normalised). Exact, in blocks of ``block`` rows.
 
-    A title describes its document, so it is paired with the document's first chunk; a heading
-    with the first chunk under it.
-
-    >>> structural_queries({"title": "Aspirin", "chunk_index": 0, "heading": "Dose"}, True)
-    [('title', 'Aspirin'), ('heading', 'Dose')]
+    >>> e = np.array([[1.0, 0.0], [0.99, 0.141], [0.0, 1.0]])
+    >>> near_duplicates(e / np.linalg.norm(e, axis=1, keepdims=True), 0.9).tolist()
+    [False, True, False]
     """
-    pairs = []
-    if chunk.get("title") and chunk.get("chunk_index") == 0:
-        pairs.append(("title", " ".join(chunk["title"].split())))
-    if chunk.get("heading") and first_under_heading:
-        pairs.append(("heading", " ".join(chunk["heading"].split())))
-    return pairs
+    n = len(embeddings)
+    duplicate = np.zeros(n, dtype=bool)
+    kept: list[np.ndarray] = []
+    for start in range(0, n, block):
+        rows = embeddings[start:start + block]
+        if kept:
+            earlier = np.concatenate(kept)
+            duplicate[start:start + len(rows)] = (rows @ earlier.T).max(axis=1) >= threshold
+        inner = rows @ rows.T
+        for i in range(len(rows)):
+            if duplicate[start + i]:
+                continue
+            # a later row in this block that this kept row covers is a duplicate
+            later = np.nonzero(inner[i, i + 1:] >= threshold)[0] + start + i + 1
+            duplicate[later] = True
+        kept.append(rows[~duplicate[start:start + len(rows)]])
+    return duplicate
 
 
-def first_chunks_under_headings(doc_ids: list[str], chunk_indexes: list[int],
-                                headings: list[str | None], chunk_ids: list[str]) -> set[str]:
-    """Ids of the chunks that open a (document, heading) run.
+def chosen(key: str, share: float, seed: int, salt: str) -> bool:
+    """Deterministic, seed-dependent coin with P(True) = ``share`` for ``key``.
 
-    >>> sorted(first_chunks_under_headings(["d", "d", "d"], [0, 1, 2], ["A", "A", "B"],
-    ...                                    ["d#0", "d#1", "d#2"]))
-    ['d#0', 'd#2']
+    >>> chosen("c#0", 1.0, 0, "kind"), chosen("c#0", 0.0, 0, "kind")
+    (True, False)
     """
-    order = sorted(range(len(chunk_ids)), key=lambda i: (doc_ids[i], chunk_indexes[i]))
-    firsts, previous = set(), None
-    for i in order:
-        key = (doc_ids[i], headings[i])
-        if headings[i] and key != previous:
-            firsts.add(chunk_ids[i])
-        previous = key
-    return firsts
+    h = int(hashlib.sha1(f"{seed}:{salt}:{key}".encode()).hexdigest()[:12], 16) / 16 ** 12
+    return h < share
 
 
 def choose_llm_chunks(chunk_ids: list[str], limit: int | None, seed: int) -> set[str]:

@@ -1,127 +1,386 @@
-"""Generate stage: ``chunks/`` → ``queries/`` (schema QUERIES), on Ray Data.
+"""Generate stage: ``chunks/`` → ``queries/`` (schema QUERIES, plus ``profile.json``).
 
-Every chunk gets its free structural pseudo-queries (title, heading); the chunks chosen for the
-LLM (``max_llm_chunks``, a seeded sample) also get one query of each configured kind. Replies
-that are not valid JSON and queries that fail the filters are kept as counted skips.
+1. **Corpus profile** from a seeded sample of chunks (:mod:`customir.queries.profile`), fed into
+   every prompt; with a strong backend the LLM writes its description.
+2. **Free signals** for every chunk (:mod:`customir.queries.signals`): titles, e-mail subjects,
+   headings and, if configured, inverse-cloze pairs.
+3. **LLM queries** for the chunks chosen for the LLM (``max_llm_chunks``): each is asked for the
+   kinds drawn for it (``kinds`` shares); a ``multihop`` share anchors a question over 1-2
+   related chunks of other documents. Invalid parts of replies are re-asked
+   (:mod:`customir.queries.asking`), then counted by reason — balance ``llm_queries``.
+4. **Filters** over all candidates, in this order — balance ``queries``: length, copies of the
+   passage, "the passage", exact and near duplicates (base-model cosine), round-trip
+   consistency (an LLM query must find one of its chunks in the ranker's top k; Promptagator),
+   LLM-judge grade (Nemotron; off unless ``judge_min_score``).
+5. Kept queries are written one row per supporting chunk (a multi-hop question trains on each).
 
-Balances: ``llm_chunks`` (chosen = answered + reply errors) and ``queries`` (candidates =
-written + filtered by reason).
+Counts per kind (asked, reply failures, candidates, kept, dropped by reason, rows) are in the
+manifest's ``extra.per_kind`` and in the evaluation report.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from customir.config import GenerateConfig, RayConfig
-from customir.llm.prompts import ReplyError, build_query_messages, parse_query_reply, query_schema
+from customir.config import GenerateConfig, LLMBackend, MineConfig, ProfileMode, RayConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
-from customir.queries.filtering import (choose_llm_chunks, first_chunks_under_headings, query_id,
-                                        reject_reason, structural_queries)
-from customir.runtime import (SKIP_DETAIL, SKIP_REASON, map_parquet, ray_session, split_skips,
-                              with_skip_columns)
-from customir.schemas import CHUNKS, DATA_DIR, QUERIES, read_table, write_rows
+from customir.queries import prompts
+from customir.queries.asking import Answers, Ask, ask_with_retries
+from customir.queries.filtering import (chosen, choose_llm_chunks, near_duplicates, query_id,
+                                        reject_reason)
+from customir.queries.profile import corpus_profile
+from customir.queries.signals import (first_chunks_under_headings, inverse_cloze_pair,
+                                      related_chunks, structural_queries)
+from customir.runtime import ray_session
+from customir.schemas import CHUNKS, QUERIES, read_table, write_rows
 
 STAGE = "generate"
-OUTPUT = with_skip_columns(QUERIES)
-REPLY_ERROR_KIND = "llm_reply"
+PROFILE_FILE = "profile.json"
+# Near-duplicate dedup keeps the first of a group in this order: the corpus's own words first.
+KIND_ORDER = ("title", "subject", "heading", "question", "claim", "keyword", "multihop",
+              "inverse_cloze")
 
 
-class QueryWriter:
-    """Ray Data UDF: chunks in, query rows (and skip rows) out. Loads the LLM once per actor.
+@dataclass
+class Candidate:
+    kind: str
+    query: str
+    origin: str
+    rows: list[int]                   # supporting chunks (rows of the chunks table)
+    positive_text: str | None = None
+    reason: str | None = None         # why it was dropped; None while kept
 
-    Input columns: chunk_id, doc_id, chunk_index, title, heading, text.
-    """
-
-    def __init__(self, config: GenerateConfig, llm_chunk_ids: set[str],
-                 heading_chunk_ids: set[str]):
-        from customir.llm.protocol import load_llm
-
-        self.config = config
-        self.llm_chunk_ids = llm_chunk_ids
-        self.heading_chunk_ids = heading_chunk_ids
-        self.llm = load_llm(config.llm) if llm_chunk_ids else None
-        self.schema = query_schema(config.kinds) if llm_chunk_ids else None
-
-    def _llm_queries(self, chunk: dict) -> tuple[list[tuple[str, str]], str | None]:
-        messages = build_query_messages(chunk["text"], self.config.kinds, chunk.get("title"))
-        try:
-            reply = self.llm.complete_json(messages, self.schema, self.config.llm.max_tokens)
-            return list(parse_query_reply(reply, self.config.kinds).items()), None
-        except ReplyError as exc:
-            return [], str(exc)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
-        for chunk in batch.to_pylist():
-            candidates = []
-            if self.config.structural:
-                first = chunk["chunk_id"] in self.heading_chunk_ids
-                candidates += [(k, q, "structural") for k, q in structural_queries(chunk, first)]
-            if chunk["chunk_id"] in self.llm_chunk_ids:
-                pairs, error = self._llm_queries(chunk)
-                if error is not None:
-                    rows.append({"query_id": None, "query": None, "kind": REPLY_ERROR_KIND,
-                                 "origin": f"llm:{self.llm.name}", "chunk_id": chunk["chunk_id"],
-                                 "doc_id": chunk["doc_id"], SKIP_REASON: "llm_reply_error",
-                                 SKIP_DETAIL: error})
-                candidates += [(k, q, f"llm:{self.llm.name}") for k, q in pairs]
-            seen = set()
-            for kind, query, origin in candidates:
-                min_words = (self.config.min_structural_words if origin == "structural"
-                             else self.config.min_query_words)
-                reason = reject_reason(query, chunk["text"], min_words, self.config.max_query_words)
-                if reason is None and query.lower() in seen:
-                    reason = "duplicate"
-                seen.add(query.lower())
-                rows.append({"query_id": query_id(kind, query, chunk["chunk_id"]), "query": query,
-                             "kind": kind, "origin": origin, "chunk_id": chunk["chunk_id"],
-                             "doc_id": chunk["doc_id"], SKIP_REASON: reason,
-                             SKIP_DETAIL: query if reason else None})
-        return pa.Table.from_pylist(rows, schema=OUTPUT)
+    @property
+    def from_llm(self) -> bool:
+        return self.origin.startswith("llm:")
 
 
-def _balances(all_rows: pa.Table | None, llm_chunk_ids: set[str]) -> dict[str, Balance]:
-    rows = all_rows.to_pylist() if all_rows is not None else []
-    reply_errors = [r for r in rows if r["kind"] == REPLY_ERROR_KIND]
-    answered = {r["chunk_id"] for r in rows
-                if r["origin"].startswith("llm:") and r["kind"] != REPLY_ERROR_KIND}
-    queries = [r for r in rows if r["kind"] != REPLY_ERROR_KIND]
-    filtered = Counter(r[SKIP_REASON] for r in queries if r[SKIP_REASON])
-    return {
-        "llm_chunks": Balance(len(llm_chunk_ids), len(answered & llm_chunk_ids),
-                              {"llm_reply_error": len(reply_errors)} if reply_errors else {}),
-        "queries": Balance(len(queries), len(queries) - sum(filtered.values()), dict(filtered)),
-    }
+class Chunks:
+    """The chunk table as columns, with the row of each chunk id."""
+
+    def __init__(self, table: pa.Table):
+        cols = table.to_pydict()
+        self.ids, self.docs, self.texts = cols["chunk_id"], cols["doc_id"], cols["text"]
+        self.titles, self.headings = cols["title"], cols["heading"]
+        self.sources, self.index = cols["source"], cols["chunk_index"]
+        self.row = {cid: i for i, cid in enumerate(self.ids)}
+
+    def record(self, row: int) -> dict:
+        return {"title": self.titles[row], "heading": self.headings[row],
+                "chunk_index": self.index[row], "source": self.sources[row]}
+
+
+# ---- 1. profile ---------------------------------------------------------------------------
+
+def make_profile(chunks: Chunks, config: GenerateConfig) -> tuple[dict, Answers | None]:
+    sample = sorted(choose_llm_chunks(chunks.ids, config.profile_sample, config.seed + 1),
+                    key=chunks.row.get)
+    rows = [chunks.row[c] for c in sample]
+    profile = corpus_profile([chunks.texts[r] for r in rows], [chunks.titles[r] for r in rows],
+                             [chunks.sources[r] for r in rows], [chunks.headings[r] for r in rows])
+    mode = config.profile
+    if mode == ProfileMode.auto:
+        strong = config.llm.backend in (LLMBackend.openai, LLMBackend.vllm)
+        mode = ProfileMode.llm if strong else ProfileMode.terms
+    profile["method"] = mode.value
+    if mode != ProfileMode.llm or not rows:
+        return profile, None
+    ask = Ask("profile", {"description": "profile"},
+              prompts.build_profile_messages(profile["top_terms"], profile["titles"],
+                                             profile["document_kinds"]),
+              lambda keys: prompts.PROFILE_SCHEMA,
+              lambda key, value: prompts.validate_query(value, [], 80), 160)
+    answers = _ask([ask], config)
+    profile["description"] = answers.values.get(("profile", "description"))
+    if profile["description"] is None:  # prompts go on with terms and titles only
+        profile["description_error"] = answers.failures[("profile", "description")][0]
+    return profile, answers
+
+
+# ---- 2. free signals ----------------------------------------------------------------------
+
+def free_signals(chunks: Chunks, config: GenerateConfig) -> list[Candidate]:
+    out = []
+    if config.structural:
+        firsts = first_chunks_under_headings(chunks.docs, chunks.index, chunks.headings,
+                                             chunks.ids)
+        for row, cid in enumerate(chunks.ids):
+            for kind, query in structural_queries(chunks.record(row), cid in firsts):
+                out.append(Candidate(kind, query, "structural", [row]))
+    if config.inverse_cloze:
+        for row, cid in enumerate(chunks.ids):
+            if chosen(cid, config.inverse_cloze, config.seed, "ict"):
+                pair = inverse_cloze_pair(chunks.texts[row], cid, config.seed)
+                if pair:
+                    out.append(Candidate("inverse_cloze", pair[0], "inverse_cloze", [row],
+                                         positive_text=pair[1]))
+    return out
+
+
+# ---- 3. LLM queries -----------------------------------------------------------------------
+
+def _ask(asks: list[Ask], config: GenerateConfig) -> Answers:
+    return ask_with_retries(asks, config.llm, max_attempts=config.max_attempts,
+                            retry_temperature=config.retry_temperature,
+                            batch_size=config.batch_size, num_workers=config.num_workers)
+
+
+def _index(chunks_dir: Path, run_dir: Path, backend):
+    from customir.negatives.index import ensure_index, open_index
+
+    mine = MineConfig(backend=backend)
+    return open_index(ensure_index(chunks_dir, run_dir, mine), mine)
+
+
+def multihop_groups(chunks: Chunks, anchors: list[int], config: GenerateConfig,
+                    chunks_dir: Path, run_dir: Path) -> dict[int, list[int]]:
+    """Anchor row → the 2-3 rows of its multi-hop question (anchors without a neighbour from
+    another document get none)."""
+    if not anchors:
+        return {}
+    index = _index(chunks_dir, run_dir, config.related_by)
+    heads = [" ".join(chunks.texts[r].split()[:128]) for r in anchors]
+    found, _ = index.search(heads, config.related_top_k + 1)
+    groups = {}
+    for anchor, ranked in zip(anchors, found.tolist()):
+        extra = 2 if (config.multihop_chunks == 3 and
+                      chosen(chunks.ids[anchor], 0.5, config.seed, "hops")) else 1
+        if picked := related_chunks(anchor, ranked, chunks.docs, extra):
+            groups[anchor] = [anchor, *picked]
+    return groups
+
+
+def query_asks(chunks: Chunks, config: GenerateConfig, profile: dict, llm_rows: list[int],
+               groups: dict[int, list[int]]) -> list[Ask]:
+    asks = []
+    for row in llm_rows:
+        cid, text = chunks.ids[row], chunks.texts[row]
+        kinds = [k for k, share in config.kinds.items() if chosen(cid, share, config.seed, k)]
+        if kinds:
+            asks.append(Ask(
+                f"q:{cid}", {k: k for k in kinds},
+                prompts.build_query_messages(text, kinds, chunks.titles[row], profile),
+                prompts.query_schema,
+                lambda key, value, t=text: prompts.validate_query(value, [t],
+                                                                  config.max_query_words),
+                config.llm.max_tokens))
+    for anchor, rows in groups.items():
+        texts = [chunks.texts[r] for r in rows]
+        asks.append(Ask(
+            f"m:{chunks.ids[anchor]}", {"question": "multihop"},
+            prompts.build_multihop_messages(texts, [chunks.titles[r] for r in rows], profile),
+            lambda keys: prompts.MULTIHOP_SCHEMA,
+            lambda key, value, t=texts: prompts.validate_query(value, t, config.max_query_words),
+            config.llm.max_tokens))
+    return asks
+
+
+def llm_candidates(answers: Answers, chunks: Chunks,
+                   groups: dict[int, list[int]], origin: str) -> list[Candidate]:
+    out = []
+    for (rid, key), query in sorted(answers.values.items()):
+        cid = rid.split(":", 1)[1]
+        rows = groups[chunks.row[cid]] if rid.startswith("m:") else [chunks.row[cid]]
+        kind = "multihop" if rid.startswith("m:") else key
+        out.append(Candidate(kind, query, origin, rows))
+    return out
+
+
+# ---- 4. filters ---------------------------------------------------------------------------
+
+def filter_each(candidates: list[Candidate], chunks: Chunks, config: GenerateConfig) -> None:
+    seen: set[str] = set()
+    for c in candidates:
+        passage = " ".join(c.positive_text or chunks.texts[r] for r in c.rows)
+        min_words = (config.min_query_words if c.from_llm or c.kind == "inverse_cloze"
+                     else config.min_structural_words)
+        c.reason = reject_reason(c.query, passage, min_words, config.max_query_words,
+                                 config.max_copy_overlap)
+        key = " ".join(c.query.lower().split())
+        if c.reason is None and key in seen:
+            c.reason = "duplicate"
+        if c.reason is None:
+            seen.add(key)
+
+
+def filter_near_duplicates(candidates: list[Candidate], config: GenerateConfig) -> None:
+    kept = [c for c in candidates if c.reason is None]
+    if config.dedup_cosine is None or len(kept) < 2:
+        return
+    from customir.models import load_sentence_transformer
+
+    kept.sort(key=lambda c: (KIND_ORDER.index(c.kind), c.query))
+    model = load_sentence_transformer(config.dedup_model)
+    vectors = model.encode([c.query for c in kept], batch_size=128, normalize_embeddings=True,
+                           convert_to_numpy=True)
+    for c, duplicate in zip(kept, near_duplicates(vectors, config.dedup_cosine)):
+        if duplicate:
+            c.reason = "near_duplicate"
+
+
+def filter_round_trip(candidates: list[Candidate], config: GenerateConfig, chunks_dir: Path,
+                      run_dir: Path) -> None:
+    checked = [c for c in candidates if c.reason is None and c.from_llm]
+    if config.roundtrip_k is None or not checked:
+        return
+    index = _index(chunks_dir, run_dir, config.roundtrip_by)
+    found, _ = index.search([c.query for c in checked], config.roundtrip_k)
+    for c, ranked in zip(checked, found.tolist()):
+        if not set(c.rows) & set(ranked):
+            c.reason = "roundtrip_miss"
+
+
+def filter_by_judge(candidates: list[Candidate], chunks: Chunks,
+                    config: GenerateConfig) -> Answers | None:
+    checked = [c for c in candidates if c.reason is None and c.from_llm]
+    if config.judge_min_score is None or not checked:
+        return None
+    asks = [Ask(f"j:{i}", {"score": "judge"},
+                prompts.build_query_judge_messages([chunks.texts[r] for r in c.rows], c.query),
+                lambda keys: prompts.JUDGE_SCHEMA,
+                lambda key, value: prompts.validate_score(value), 16)
+            for i, c in enumerate(checked)]
+    answers = _ask(asks, config)
+    for i, c in enumerate(checked):
+        score = answers.values.get((f"j:{i}", "score"))
+        if score is None:
+            c.reason = "judge_no_score"
+        elif score < config.judge_min_score:
+            c.reason = "judge_below_threshold"
+    return answers
+
+
+# ---- 5. rows, counts, run -----------------------------------------------------------------
+
+def query_rows(candidates: list[Candidate], chunks: Chunks) -> pa.Table:
+    rows = []
+    for c in candidates:
+        if c.reason is not None:
+            continue
+        supporting = [chunks.ids[r] for r in c.rows]
+        for r in c.rows:
+            rows.append({"query_id": query_id(c.kind, c.query, chunks.ids[r]), "query": c.query,
+                         "kind": c.kind, "origin": c.origin, "chunk_id": chunks.ids[r],
+                         "doc_id": chunks.docs[r], "supporting_chunk_ids": supporting,
+                         "positive_text": c.positive_text})
+    return pa.Table.from_pylist(rows, schema=QUERIES)
+
+
+def per_kind_counts(asks: list[Ask], answers: Answers | None, candidates: list[Candidate],
+                    table: pa.Table) -> dict:
+    counts: dict = defaultdict(lambda: {"asked": 0, "written": 0, "reply_failures": Counter(),
+                                        "candidates": 0, "kept": 0, "dropped": Counter(),
+                                        "rows": 0})
+    for ask in asks:
+        for key, kind in ask.kinds.items():
+            counts[kind]["asked"] += 1
+            if answers and (ask.request_id, key) in answers.values:
+                counts[kind]["written"] += 1
+            elif answers:
+                counts[kind]["reply_failures"][answers.failures[(ask.request_id, key)][0]] += 1
+    for c in candidates:
+        counts[c.kind]["candidates"] += 1
+        if c.reason is None:
+            counts[c.kind]["kept"] += 1
+        else:
+            counts[c.kind]["dropped"][c.reason] += 1
+    for kind, n in Counter(table.column("kind").to_pylist()).items():
+        counts[kind]["rows"] = n
+    return {k: {name: dict(v) if isinstance(v, Counter) else v for name, v in d.items()}
+            for k, d in sorted(counts.items())}
+
+
+def _skips(asks: list[Ask], answers: Answers | None, candidates: list[Candidate],
+           chunks: Chunks) -> list[dict]:
+    skips = []
+    for ask in asks:
+        for key, kind in ask.kinds.items():
+            if answers and (ask.request_id, key) not in answers.values:
+                reason, detail = answers.failures[(ask.request_id, key)]
+                skips.append({"stage": STAGE, "item": f"{ask.request_id} [{kind}]",
+                              "reason": f"reply_{reason}", "detail": detail[:300]})
+    for c in candidates:
+        if c.reason is not None:
+            skips.append({"stage": STAGE, "item": f"{chunks.ids[c.rows[0]]} [{c.kind}]",
+                          "reason": c.reason, "detail": c.query[:300]})
+    return skips
 
 
 def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
         ray_config: RayConfig | None = None) -> Manifest:
     """Write ``run_dir/queries``; skip the work when an identical output is already there."""
-    chunks_dir, out = Path(chunks_dir).resolve(), Path(run_dir).resolve() / "queries"
+    chunks_dir, run_dir = Path(chunks_dir).resolve(), Path(run_dir).resolve()
+    out = run_dir / "queries"
     inputs = {"chunks": fingerprint(chunks_dir)}
     if done := find_complete(out, config.config_hash(), inputs):
         log(f"generate: up to date ({done.balances['queries'].n_out} queries), skipping")
         return done
-    meta = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "chunk_index", "heading"])
-    cols = meta.to_pydict()
-    llm_ids = (choose_llm_chunks(cols["chunk_id"], config.max_llm_chunks, config.seed)
-               if config.kinds else set())
-    heading_ids = first_chunks_under_headings(cols["doc_id"], cols["chunk_index"], cols["heading"],
-                                              cols["chunk_id"])
-    log(f"generate: {meta.num_rows} chunks, {len(llm_ids)} go to the LLM ({config.llm.model})")
+    if config.llm.backend == LLMBackend.vllm:
+        from customir.llm.vllm_batch import require_vllm
+
+        require_vllm()  # fail before any work, with the line to install it
+    started = time.monotonic()
+    chunks = Chunks(read_table(chunks_dir, CHUNKS))
+    wants_llm = any(config.kinds.values()) or config.multihop > 0
+    llm_ids = (choose_llm_chunks(chunks.ids, config.max_llm_chunks, config.seed)
+               if wants_llm else set())
+    llm_rows = sorted(chunks.row[c] for c in llm_ids)
+    anchors = [r for r in llm_rows if chosen(chunks.ids[r], config.multihop, config.seed, "mh")]
+    log(f"generate: {len(chunks.ids)} chunks, {len(llm_rows)} go to the LLM "
+        f"({config.llm.backend.value}: {config.llm.model}), {len(anchors)} anchor multi-hop")
+    origin = f"llm:{config.llm.model}"
     with ray_session(ray_config):
-        rows = map_parquet(chunks_dir / DATA_DIR, QueryWriter,
-                           constructor_kwargs={"config": config, "llm_chunk_ids": llm_ids,
-                                               "heading_chunk_ids": heading_ids},
-                           batch_size=config.batch_size)
-    table, skips = split_skips(rows, QUERIES, STAGE, "chunk_id")
+        profile, profile_answers = make_profile(chunks, config)
+        candidates = free_signals(chunks, config)
+        groups = multihop_groups(chunks, anchors, config, chunks_dir, run_dir)
+        asks = query_asks(chunks, config, profile, llm_rows, groups)
+        answers = _ask(asks, config) if asks else None
+        if answers:
+            candidates += llm_candidates(answers, chunks, groups, origin)
+        filter_each(candidates, chunks, config)
+        filter_near_duplicates(candidates, config)
+        filter_round_trip(candidates, config, chunks_dir, run_dir)
+        judge_answers = filter_by_judge(candidates, chunks, config)
+    table = query_rows(candidates, chunks)
+    per_kind = per_kind_counts(asks, answers, candidates, table)
+    asked = sum(d["asked"] for d in per_kind.values())
+    failures = Counter(f"reply_{answers.failures[(a.request_id, k)][0]}"
+                       for a in asks for k in a.kinds
+                       if answers and (a.request_id, k) not in answers.values)
+    dropped = Counter(c.reason for c in candidates if c.reason)
+    answered_chunks = {rid.split(":", 1)[1] for rid, _ in (answers.values if answers else {})
+                       if rid.startswith("q:")}
+    asked_chunks = {a.request_id.split(":", 1)[1] for a in asks if a.request_id.startswith("q:")}
     with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
-        write_rows(tmp, table, skips)
-        manifest.balances.update(_balances(rows, llm_ids))
-        manifest.extra["kinds"] = dict(Counter(table.column("kind").to_pylist()))
-        manifest.extra["llm"] = config.llm.model
-    log(f"generate: {table.num_rows} queries {manifest.extra['kinds']}; skipped {len(skips)}")
+        write_rows(tmp, table, _skips(asks, answers, candidates, chunks))
+        (tmp / PROFILE_FILE).write_text(json.dumps(profile, indent=2))
+        manifest.balances.update({
+            "llm_queries": Balance(asked, asked - sum(failures.values()), dict(failures)),
+            "llm_chunks": Balance(len(asked_chunks), len(answered_chunks),
+                                  {"no_usable_reply": len(asked_chunks - answered_chunks)}
+                                  if asked_chunks - answered_chunks else {}),
+            "queries": Balance(len(candidates), len(candidates) - sum(dropped.values()),
+                               dict(dropped)),
+        })
+        manifest.extra.update({
+            "kinds": dict(Counter(table.column("kind").to_pylist())),
+            "per_kind": per_kind,
+            "rows": table.num_rows,
+            "multihop_anchors": {"chosen": len(anchors), "with_related_chunks": len(groups),
+                                 "without_related_chunks": len(anchors) - len(groups)},
+            "llm": config.llm.model,
+            "llm_usage": {name: (a.usage if a else None) for name, a in
+                          (("profile", profile_answers), ("queries", answers),
+                           ("judge", judge_answers))},
+            "profile": profile,
+            "seconds": round(time.monotonic() - started, 1),
+        })
+    log(f"generate: {table.num_rows} query rows {manifest.extra['kinds']}; dropped "
+        f"{dict(dropped)}; reply failures {dict(failures)}")
     return manifest

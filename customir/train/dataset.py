@@ -56,7 +56,9 @@ def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
         doc = chunk_doc.get(positive)
         if doc not in allowed_docs:
             continue
-        row = {"anchor": triple["query"], "positive": chunk_text[positive]}
+        # inverse-cloze pairs bring their own positive: the chunk without the query sentence
+        row = {"anchor": triple["query"],
+               "positive": triple.get("positive_text") or chunk_text[positive]}
         negatives = [n for n in triple["negative_chunk_ids"]
                      if chunk_doc.get(n) in allowed_docs][:hard_negatives]
         for _ in range(20 * hard_negatives):  # bounded: a tiny pool may have no other document

@@ -1,0 +1,97 @@
+"""Answer a table of chat requests on Ray Data with the configured backend.
+
+A request is a row of :data:`REQUESTS` (chat messages and the JSON schema of the reply, both as
+JSON text); its answer a row of :data:`REPLIES` (raw text, why generation stopped, tokens, or the
+error that prevented an answer). Callers validate the text and re-ask what failed (see
+:mod:`customir.queries.generate`), so every backend shares one retry policy:
+
+- ``llamacpp`` / ``scripted``: one model per actor, requests answered one after the other (the
+  few-shot prefix's KV cache is reused between them).
+- ``openai``: per actor, a thread pool keeps ``llm.concurrency`` requests in flight and the
+  backend's rate limiter starts at most ``llm.qps`` per second.
+- ``vllm``: Ray Data's own LLM batch processor (:mod:`customir.llm.vllm_batch`).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+
+from customir.config import LLMBackend, LLMConfig
+
+REQUESTS = pa.schema([
+    ("request_id", pa.string()),
+    ("messages", pa.string()),       # JSON list of {"role", "content"}
+    ("schema", pa.string()),         # JSON schema of the reply
+    ("max_tokens", pa.int32()),
+    ("temperature", pa.float32()),
+])
+
+REPLIES = pa.schema([
+    ("request_id", pa.string()),
+    ("text", pa.string()),
+    ("finish_reason", pa.string()),  # stop | length | error
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("error", pa.string()),          # why no answer came back (after the backend's retries)
+])
+
+
+def request_row(request_id: str, messages: list[dict], schema: dict, max_tokens: int,
+                temperature: float) -> dict:
+    return {"request_id": request_id, "messages": json.dumps(messages),
+            "schema": json.dumps(schema), "max_tokens": max_tokens, "temperature": temperature}
+
+
+def error_reply(request_id: str, error: str) -> dict:
+    return {"request_id": request_id, "text": None, "finish_reason": "error", "prompt_tokens": 0,
+            "completion_tokens": 0, "error": error[:500]}
+
+
+class ChatAnswerer:
+    """Ray Data UDF: REQUESTS rows in, REPLIES rows out. Loads the LLM once per actor."""
+
+    def __init__(self, config: LLMConfig):
+        from customir.llm.protocol import load_llm
+
+        self.llm = load_llm(config)
+        self.threads = config.concurrency if config.backend == LLMBackend.openai else 1
+
+    def _answer(self, row: dict) -> dict:
+        try:
+            reply = self.llm.complete_json(json.loads(row["messages"]), json.loads(row["schema"]),
+                                           row["max_tokens"], row["temperature"])
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is counted, not fatal
+            return error_reply(row["request_id"], f"{type(exc).__name__}: {exc}")
+        return {"request_id": row["request_id"], "text": reply.text,
+                "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens, "error": None}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        if self.threads > 1 and len(rows) > 1:
+            with ThreadPoolExecutor(min(self.threads, len(rows))) as pool:
+                out = list(pool.map(self._answer, rows))
+        else:
+            out = [self._answer(row) for row in rows]
+        return pa.Table.from_pylist(out, schema=REPLIES)
+
+
+def answer_requests(requests: pa.Table, config: LLMConfig, *, batch_size: int,
+                    num_workers: int = 1) -> pa.Table:
+    """One REPLIES row per request (in any order), on the Ray session already running."""
+    if requests.num_rows == 0:
+        return REPLIES.empty_table()
+    if config.backend == LLMBackend.vllm:
+        from customir.llm.vllm_batch import answer_with_vllm
+
+        return answer_with_vllm(requests, config, batch_size=batch_size)
+    from customir.runtime import map_table
+
+    if config.backend == LLMBackend.openai:  # keep the thread pool busy
+        batch_size = max(batch_size, 2 * config.concurrency)
+    replies = map_table(requests, ChatAnswerer, constructor_kwargs={"config": config},
+                        batch_size=batch_size, concurrency=num_workers)
+    return replies if replies is not None else REPLIES.empty_table()

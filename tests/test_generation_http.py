@@ -1,0 +1,118 @@
+"""The openai backend for query writing against a real OpenAI-compatible server on 127.0.0.1:
+bounded concurrency, the QPS limit, timeouts, re-asking bad replies and the LLM-written corpus
+profile. (The slow suite also runs the stage against llama.cpp's own server with the embedded
+model: tests/test_llm_server.py.)"""
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pytest
+
+from customir.config import GenerateConfig, IngestConfig, LLMConfig
+from customir.corpus import ingest
+from customir.llm.batch import REQUESTS, ChatAnswerer, request_row
+from customir.llm.openai_http import OpenAIHttpLLM
+from customir.queries import generate
+
+from conftest import free_port
+
+
+def _server(state: dict):
+    """Chat completions that answer each required key of the JSON schema, after
+    ``state["delay"]`` seconds; the first reply to each distinct chat is not JSON when
+    ``state["garble_first"]``; a chat containing [[slow]] takes 3 s."""
+    from fastapi import FastAPI, Request
+
+    api = FastAPI()
+
+    @api.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        state["arrivals"].append(time.monotonic())
+        state["in_flight"] += 1
+        state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+        try:
+            last = body["messages"][-1]["content"]
+            await asyncio.sleep(3.0 if "[[slow]]" in last else state["delay"])
+            fmt = body["response_format"]
+            schema = fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else fmt["schema"]
+            key = json.dumps(body["messages"])
+            if state["garble_first"] and key not in state["seen"]:
+                state["seen"].add(key)
+                content = "Sorry, I can only answer in prose."
+            else:
+                words = last.split("\n", 1)[-1].split()[:3]
+                content = json.dumps({k: 8 if v.get("type") == "integer" else
+                                      f"{k} {' '.join(words)}"
+                                      for k, v in schema["properties"].items()})
+        finally:
+            state["in_flight"] -= 1
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26}}
+
+    return api
+
+
+@pytest.fixture
+def endpoint():
+    import uvicorn
+
+    state = {"arrivals": [], "in_flight": 0, "max_in_flight": 0, "delay": 0.0,
+             "garble_first": False, "seen": set()}
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_server(state), host="127.0.0.1", port=port,
+                                           log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1", state
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_stage_over_http_bounded_concurrency_re_asks_and_llm_profile(endpoint, tmp_path,
+                                                                      fixture_corpus,
+                                                                      ray_cluster):
+    url, state = endpoint
+    state.update(delay=0.3, garble_first=True)
+    ingest.run(fixture_corpus, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    llm = LLMConfig(backend="openai", base_url=url, model="served", concurrency=3)
+    manifest = generate.run(tmp_path / "run" / "chunks", tmp_path / "run", GenerateConfig(
+        llm=llm, multihop=0.0, dedup_cosine=None, roundtrip_k=None))
+    assert 2 <= state["max_in_flight"] <= 3  # in flight together, never more than allowed
+    balance = manifest.balances["llm_queries"]
+    assert (balance.n_in, balance.n_out) == (30, 30)  # every garbled first reply was re-asked
+    assert manifest.extra["llm_usage"]["queries"]["rounds"] == 2
+    assert manifest.extra["llm_usage"]["queries"]["completion_tokens"] == 2 * 10 * 6
+    profile = json.loads((tmp_path / "run" / "queries" / "profile.json").read_text())
+    assert profile["method"] == "llm" and profile["description"].startswith("description ")
+
+
+def test_qps_limit_spaces_request_starts_across_threads(endpoint):
+    url, state = endpoint
+    llm = OpenAIHttpLLM(LLMConfig(backend="openai", base_url=url, model="m", qps=5))
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda i: llm.complete_json(
+            [{"role": "user", "content": f"Passage:\nchunk {i}"}], schema, 16), range(6)))
+    gaps = [b - a for a, b in zip(state["arrivals"], state["arrivals"][1:])]
+    assert len(state["arrivals"]) == 6 and min(gaps) >= 0.17  # 1/5 s apart, with clock slack
+
+
+def test_a_timed_out_request_becomes_a_counted_error_row(endpoint):
+    url, _ = endpoint
+    udf = ChatAnswerer(LLMConfig(backend="openai", base_url=url, model="m", timeout_s=0.5,
+                                 max_retries=0))
+    slow = request_row("s", [{"role": "user", "content": "Passage:\n[[slow]] text"}],
+                       {"type": "object", "properties": {}}, 16, 0.0)
+    started = time.monotonic()
+    out = udf(pa.Table.from_pylist([slow], schema=REQUESTS)).to_pylist()[0]
+    assert time.monotonic() - started < 2.5
+    assert out["finish_reason"] == "error" and "Timeout" in out["error"]
