@@ -22,14 +22,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     pytest.importorskip("llama_cpp.server.app", reason="pip install 'customir[dev]' for the server")
     port = free_port()
+    # the server logs a lot: a pipe nobody reads would fill up and block it
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    log_file = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model",
          str(resolve_gguf("qwen2.5-coder-1.5b-instruct")), "--host", "127.0.0.1", "--port",
          str(port), "--n_ctx", "2048", "--model_alias", "embedded"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=log_file, stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 180
@@ -41,11 +44,12 @@ def llama_server():
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"llama.cpp server did not start: "
-                                   f"{process.stderr.read().decode()[-2000:]}") from None
+                                   f"{log_path.read_text()[-2000:]}") from None
             time.sleep(1)
     yield url
     process.terminate()
     process.wait(timeout=30)
+    log_file.close()
 
 
 def test_generate_through_llama_cpp_server(llama_server, tmp_path, ray_cluster):
