@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,8 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
             beir, models, corpus, test.chunk_doc, bm25, config, cache)
     with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
         write_report(tmp, sets, training_data_summary(triples_dir.parent))
+        if (train_dir / "curves.png").is_file():  # the train stage's loss / validation curves
+            shutil.copy(train_dir / "curves.png", tmp / "training_curves.png")
         manifest.balances.update(balances)
         manifest.extra["sets"] = {name: {"n_queries": d["n_queries"],
                                          "nDCG@10": {s: round(m[COMPARED_METRIC], 4)
@@ -177,7 +180,7 @@ def training_data_summary(run_dir: Path) -> dict:
     verification counts (the share of checked candidates the LLM dropped as false negatives)."""
     summary: dict = {}
     for stage, folder in (("generate", "queries"), ("mine", "candidates"),
-                          ("verify", "triples")):
+                          ("verify", "triples"), ("train", "train")):
         try:
             manifest = Manifest.read(run_dir / folder)
         except (OSError, ValueError, KeyError, TypeError):

@@ -58,6 +58,14 @@ def training_data_lines(data: dict) -> list[str]:
                      "dropped as false negatives: "
                      + (f"{share:.1%} of checked candidates" if share is not None
                         else "nothing checked"))
+    if (trained := data.get("train")) and (m := trained.get("metrics")):
+        ndcg = m.get("best_validation_ndcg@10")
+        lines.append(f"- training: {m.get('steps')} steps (best at step {m.get('best_step')}"
+                     + (f", validation nDCG@10 {ndcg:.4f}" if ndcg is not None else "")
+                     + (", stopped early" if m.get("stopped_early") else "")
+                     + (f", resumed from step {m['resumed_from_step']}"
+                        if m.get("resumed_from_step") else "")
+                     + "); curves: training_curves.png")
     return lines + [""]
 
 

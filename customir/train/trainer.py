@@ -12,6 +12,7 @@ evaluation knows which documents are held out and a run can be audited.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections import Counter
@@ -31,75 +32,176 @@ SPLIT_FILE = "split.parquet"
 MODEL_DIR = "model"
 
 
-def validation_top1(model, rows: list[dict]) -> float:
-    """Share of validation queries whose positive ranks first among all validation passages.
+BEST_METRIC = "eval_validation_cosine_ndcg@10"
+CURVES_FILE = "curves.json"
+FINAL = "final"
 
-    (Inside Ray Train the sentence-transformers trainer reports no eval loss, and a ranking
-    figure says more about retrieval than a loss does.)
-    """
-    import numpy as np
+
+def validation_evaluator(rows: list[dict], batch_size: int):
+    """IR metrics on the validation rows: each query against every validation passage (its
+    positive and everyone's negatives), nDCG@10 as the primary score."""
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator)
 
     passages = sorted({r["positive"] for r in rows} |
                       {v for r in rows for k, v in r.items() if k.startswith("negative_")})
-    index = {p: i for i, p in enumerate(passages)}
-    queries = model.encode([r["anchor"] for r in rows], normalize_embeddings=True)
-    corpus = model.encode(passages, normalize_embeddings=True)
-    best = np.argmax(queries @ corpus.T, axis=1)
-    return float(np.mean([best[i] == index[r["positive"]] for i, r in enumerate(rows)]))
+    pid = {p: f"p{i}" for i, p in enumerate(passages)}
+    queries, relevant = {}, {}
+    for r in rows:
+        qid = queries.setdefault(r["anchor"], f"q{len(queries)}")
+        relevant.setdefault(qid, set()).add(pid[r["positive"]])
+    return InformationRetrievalEvaluator(
+        queries={qid: q for q, qid in queries.items()}, corpus={v: k for k, v in pid.items()},
+        relevant_docs=relevant, name="validation", batch_size=batch_size, write_csv=False,
+        ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10],
+        map_at_k=[100])
+
+
+def deepspeed_config(stage: int) -> dict:
+    """ZeRO at ``stage``; sizes, clipping and precision follow the Hugging Face arguments."""
+    return {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto",
+            "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Runs on each Ray Train worker: fit the model, rank 0 saves and reports it."""
+    """Runs on each Ray Train worker: fit with validation and checkpoints reported to Ray Train;
+    rank 0 reports the final (best validated) model as the last checkpoint."""
+    import os
+    import time
+
+    started = time.time()
+    cfg = TrainConfig.model_validate(loop_config["train"])
+    if cfg.deepspeed_stage is not None and not cfg.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is imported
     import ray.train
     import torch
+    from datasets import Dataset
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+    from sentence_transformers import (SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers.training_args import BatchSamplers
+    from transformers import EarlyStoppingCallback
 
     from customir.models import load_sentence_transformer, offline_environment
+    from customir.train.losses import make_loss, with_prefixes
 
     offline_environment()
     torch.set_num_threads(loop_config["threads"])
-    from datasets import Dataset
-    from sentence_transformers import (SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
-
-    cfg = TrainConfig.model_validate(loop_config["train"])
-    model = load_sentence_transformer(cfg.base_model)
+    device = "cuda" if cfg.use_gpu else "cpu"
+    model = load_sentence_transformer(cfg.base_model, device=device)
     model.max_seq_length = cfg.max_seq_length
+    if cfg.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = cfg.dropout
+    guide = (load_sentence_transformer(cfg.base_model, device=device)
+             if cfg.loss.value == "gist" else None)
     train_rows = Dataset.from_parquet(loop_config["train_rows"])
+    if cfg.query_prefix or cfg.passage_prefix:
+        train_rows = train_rows.map(lambda r: with_prefixes(r, cfg.query_prefix,
+                                                            cfg.passage_prefix))
     val_path = loop_config["validation_rows"]
-    val_rows = Dataset.from_parquet(val_path) if val_path else None
+    evaluator = None
+    if val_path:
+        val_rows = [with_prefixes(r, cfg.query_prefix, cfg.passage_prefix)
+                    for r in Dataset.from_parquet(val_path).to_list()]
+        evaluator = validation_evaluator(val_rows, loop_config["batch_size"])
+    rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory() as scratch:
         args = SentenceTransformerTrainingArguments(
             output_dir=scratch, num_train_epochs=cfg.epochs,
             per_device_train_batch_size=loop_config["batch_size"],
-            learning_rate=cfg.learning_rate,
-            warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, max_steps=cfg.max_steps or -1,
-            use_cpu=not torch.cuda.is_available(),
+            learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed,
+            max_steps=cfg.max_steps or -1, use_cpu=not cfg.use_gpu,
+            bf16=cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             # Repeated texts in one batch would be false in-batch negatives.
-            batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", eval_strategy="no",
-            logging_steps=5, report_to="none", dataloader_num_workers=0, disable_tqdm=True,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            eval_strategy="steps" if evaluator else "no", eval_steps=loop_config["eval_steps"],
+            save_strategy="steps", save_steps=loop_config["eval_steps"], save_total_limit=2,
+            load_best_model_at_end=evaluator is not None,
+            metric_for_best_model=BEST_METRIC if evaluator else None, greater_is_better=True,
+            deepspeed=(deepspeed_config(cfg.deepspeed_stage)
+                       if cfg.deepspeed_stage is not None else None),
+            logging_steps=min(5, loop_config["eval_steps"]), report_to="none",
+            dataloader_num_workers=0,
+            disable_tqdm=True,
         )
+        callbacks = [RayTrainReportCallback()]  # every save becomes a Ray Train checkpoint
+        if evaluator is not None and cfg.patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
         trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=train_rows,
-            loss=MultipleNegativesRankingLoss(model))
-        output = trainer.train()
-        metrics = {"train_loss": float(output.training_loss), "steps": int(output.global_step)}
-        if val_rows is not None:
-            metrics["validation_top1"] = validation_top1(model, val_rows.to_list())
-        if ray.train.get_context().get_world_rank() == 0:
-            model_dir = Path(scratch) / "final"
-            model.save(str(model_dir))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(model_dir))
+            model=model, args=args, train_dataset=train_rows, evaluator=evaluator,
+            loss=make_loss(model, cfg, guide), callbacks=callbacks)
+        resume = resume_point(ray.train.get_checkpoint(), loop_config.get("resume_from"))
+        resumed_from = resumed_step(resume)  # read now: Ray prunes old checkpoints as it goes
+        training = time.time()
+        output = trainer.train(resume_from_checkpoint=resume)
+        trained = time.time()
+        state = trainer.state
+        metrics = {"train_loss": float(output.training_loss), "steps": int(output.global_step),
+                   "resumed_from_step": resumed_from,
+                   "best_step": int(state.best_global_step or output.global_step),
+                   "best_validation_ndcg@10": state.best_metric,
+                   "stopped_early": output.global_step < state.max_steps, FINAL: True,
+                   # wall-clock seconds since the epoch, so the driver can place them in time
+                   "loop_started_at": started, "training_started_at": training,
+                   "training_ended_at": trained, "torch_threads": torch.get_num_threads(),
+                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+        if rank == 0:
+            final = Path(scratch) / FINAL
+            model.save(str(final / MODEL_DIR))  # the best model when validation ran
+            (final / CURVES_FILE).write_text(json.dumps(state.log_history))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(final))
         else:
             ray.train.report(metrics)
 
 
+def validation_interval(config: TrainConfig, train_rows: Path, batch_size: int) -> int:
+    """``eval_steps``, shortened so that a short run is still validated (and checkpointed) at
+    least 4 times (without validation rows checkpoints keep the configured interval)."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(train_rows).metadata.num_rows
+    total = config.max_steps or math.ceil(
+        math.ceil(rows / (batch_size * config.num_workers)) * config.epochs)
+    return max(1, min(config.eval_steps, total // 4))
+
+
+def resume_point(ray_checkpoint, fallback: str | None) -> str | None:
+    """The Hugging Face checkpoint folder to resume from: Ray Train's latest reported one, else
+    the newest left in the storage path by an interrupted earlier run (``fallback``)."""
+    if ray_checkpoint is not None:
+        folder = Path(ray_checkpoint.path) / "checkpoint"
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+    return fallback
+
+
+def resumed_step(resume: str | None) -> int:
+    if not resume:
+        return 0
+    return int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
+
+
+def latest_checkpoint(storage: Path) -> str | None:
+    """The newest Hugging Face checkpoint that an earlier, interrupted run reported into
+    ``storage`` (Ray Train names checkpoint folders by time, so the last name is the newest)."""
+    found = sorted(p for p in storage.glob("train/checkpoint_*/checkpoint")
+                   if (p / "trainer_state.json").is_file())
+    return str(found[-1]) if found else None
+
+
 def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, storage: Path,
          ray_config: RayConfig | None, batch_size: int) -> tuple[dict, Path]:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    resume = latest_checkpoint(storage)
+    if resume:
+        log(f"train: resuming from {resume} (step {resumed_step(resume)})")
     with ray_session(ray_config):
         import ray
 
@@ -110,18 +212,22 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, storage: 
             train_loop_config={"train": config.model_dump(mode="json"),
                                "train_rows": str(train_rows),
                                "validation_rows": str(val_rows) if val_rows else None,
-                               "threads": cpus, "batch_size": batch_size},
-            scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=False,
+                               "threads": cpus, "batch_size": batch_size,
+                               "resume_from": resume,
+                               "eval_steps": (validation_interval(config, train_rows, batch_size)
+                                              if val_rows else config.eval_steps)},
+            scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                          resources_per_worker={"CPU": cpus}),
-            torch_config=TorchConfig(backend="gloo"),
-            run_config=RunConfig(storage_path=str(storage), name="train"),
+            torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+            run_config=RunConfig(storage_path=str(storage), name="train",
+                                 checkpoint_config=CheckpointConfig(num_to_keep=3)),
         )
         result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
+        if result.checkpoint is None or not (result.metrics or {}).get(FINAL):
+            raise RuntimeError(f"training reported no final model (error: {result.error})")
         local = Path(tempfile.mkdtemp(prefix="customir-model-"))
         result.checkpoint.to_directory(str(local))
-        return dict(result.metrics or {}), local
+        return dict(result.metrics), local
 
 
 def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
@@ -166,12 +272,17 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         if batch_size < config.batch_size:
             log(f"train: the {sizes['train']} rows fill batches of at most {batch_size} distinct "
                 f"texts; batch size lowered from {config.batch_size}")
-        metrics, model = _fit(config, paths["train"], paths.get("validation"), run_dir / ".ray",
+        storage = run_dir / ".ray" / config.config_hash()  # a resume must match the settings
+        metrics, final = _fit(config, paths["train"], paths.get("validation"), storage,
                               ray_config, batch_size)
         if not metrics.get("steps"):
             raise RuntimeError(f"training made no optimizer step ({sizes['train']} rows, "
                                f"batch size {batch_size})")
-        shutil.move(str(model), str(tmp / MODEL_DIR))
+        shutil.move(str(final / MODEL_DIR), str(tmp / MODEL_DIR))
+        curves = json.loads((final / CURVES_FILE).read_text())
+        (tmp / CURVES_FILE).write_text(json.dumps(curves, indent=1))
+        plot_curves(curves, tmp / "curves.png")
+        shutil.rmtree(final, ignore_errors=True)
         manifest.balances["queries"] = Balance(len(triples), sizes["train"],
                                                {"validation": sizes["validation"],
                                                 "test": held_out})
@@ -179,5 +290,29 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
                                "batch_size": batch_size,
                                "documents_per_split": dict(Counter(split_of.values())),
                                "base_model": config.base_model})
+    shutil.rmtree(storage, ignore_errors=True)  # checkpoints are only for resuming this run
     log(f"train: done {metrics}")
     return manifest
+
+
+def plot_curves(log_history: list[dict], path: Path) -> None:
+    """Training loss and validation nDCG@10 by step (the report shows this figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    ndcg = [(e["step"], e[BEST_METRIC]) for e in log_history if BEST_METRIC in e]
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    if loss:
+        left.plot(*zip(*loss), color="tab:blue", label="training loss")
+    left.set_xlabel("step")
+    left.set_ylabel("training loss", color="tab:blue")
+    if ndcg:
+        right = left.twinx()
+        right.plot(*zip(*ndcg), color="tab:orange", marker="o", label="validation nDCG@10")
+        right.set_ylabel("validation nDCG@10", color="tab:orange")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

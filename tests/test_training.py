@@ -1,0 +1,159 @@
+"""The train stage on a real local Ray cluster with the real MiniLM: validation with IR metrics,
+early stopping to the best checkpoint, curves, resume after a kill, 2 workers = 1 worker, the
+losses, DeepSpeed ZeRO-2 on CPU workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from customir.config import (GenerateConfig, IngestConfig, LLMConfig, MineConfig, TrainConfig,
+                             VerifyConfig)
+from customir.corpus import ingest
+from customir.manifest import Manifest
+from customir.negatives import mine, verify
+from customir.queries import generate
+from customir.train import trainer
+
+pytestmark = pytest.mark.ray
+SAMPLE = Path(__file__).parent.parent / "examples" / "sample_corpus" / "abstracts.jsonl"
+SMALL = dict(max_seq_length=48, batch_size=8, split=(0.75, 0.25, 0.0), seed=3)
+
+
+@pytest.fixture(scope="module")
+def triples(tmp_path_factory, ray_cluster):
+    """Title → abstract pairs of 120 sample abstracts with one BM25 negative each (no LLM)."""
+    root = tmp_path_factory.mktemp("train")
+    (root / "corpus").mkdir()
+    lines = SAMPLE.read_text().splitlines()[:120]
+    (root / "corpus" / "abstracts.jsonl").write_text("\n".join(lines) + "\n")
+    run = root / "run"
+    ingest.run(root / "corpus", run, IngestConfig())
+    generate.run(run / "chunks", run, GenerateConfig(llm=LLMConfig(backend="scripted"), kinds={},
+                                                     multihop=0.0, dedup_cosine=None))
+    mine.run(run / "queries", run / "chunks", run, MineConfig(num_negatives=2))
+    verify.run(run / "candidates", run / "chunks", run, VerifyConfig(enabled=False))
+    return run
+
+
+def _train(run, tmp_path, **settings):
+    out = tmp_path / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("triples", "chunks"):
+        if not (out / name).exists():
+            (out / name).symlink_to(run / name)
+    manifest = trainer.run(out / "triples", out / "chunks", out,
+                           TrainConfig(**{**SMALL, **settings}))
+    return manifest, out / "train"
+
+
+def _weights(model_dir):
+    from safetensors.numpy import load_file
+
+    return load_file(str(next(Path(model_dir).rglob("model.safetensors"))))
+
+
+def test_validation_keeps_the_best_model_and_writes_curves(triples, tmp_path):
+    manifest, out = _train(triples, tmp_path, eval_steps=3, max_steps=12, patience=None,
+                           learning_rate=2e-4)
+    metrics = manifest.extra["metrics"]
+    assert metrics["steps"] == 12 and metrics["best_step"] in (3, 6, 9, 12)
+    curves = json.loads((out / trainer.CURVES_FILE).read_text())
+    evals = {e["step"]: e[trainer.BEST_METRIC] for e in curves if trainer.BEST_METRIC in e}
+    assert sorted(evals) == [3, 6, 9, 12] and any("loss" in e for e in curves)
+    assert metrics["best_validation_ndcg@10"] == pytest.approx(max(evals.values()))
+    assert evals[metrics["best_step"]] == max(evals.values())
+    assert (out / "curves.png").stat().st_size > 1000
+    # the saved model is the best one: it scores the best nDCG@10 on the validation rows
+    import pyarrow.parquet as pq
+
+    from customir.models import load_sentence_transformer
+
+    rows = pq.read_table(out / "validation_rows.parquet").to_pylist()
+    model = load_sentence_transformer(out / trainer.MODEL_DIR)
+    model.max_seq_length = SMALL["max_seq_length"]
+    scores = trainer.validation_evaluator(rows, 8)(model)
+    assert scores["validation_cosine_ndcg@10"] == pytest.approx(max(evals.values()), abs=1e-4)
+
+
+def test_early_stopping_ends_a_run_that_gets_worse(triples, tmp_path):
+    # a learning rate this large wrecks the model after its first validation
+    manifest, _ = _train(triples, tmp_path, eval_steps=2, max_steps=30, patience=1,
+                         learning_rate=5e-3, warmup_ratio=0.0)  # validated every 2 steps
+    metrics = manifest.extra["metrics"]
+    assert metrics["stopped_early"] and metrics["steps"] < 30
+    assert metrics["best_step"] < metrics["steps"]
+
+
+def test_two_workers_match_one_worker_on_the_same_global_batch(triples, tmp_path):
+    # no validation split: the final model is the last step's; no hard negatives: the
+    # no-duplicates sampler then fills the 8-row batch and the two 4-row halves identically;
+    # no dropout: its random masks would differ between one and two processes
+    same = dict(max_steps=3, split=(1.0, 0.0, 0.0), learning_rate=1e-4, hard_negatives=0,
+                dropout=0.0)
+    one, out_one = _train(triples, tmp_path / "one", batch_size=8, num_workers=1,
+                          cpus_per_worker=2, **same)
+    two, out_two = _train(triples, tmp_path / "two", batch_size=4, num_workers=2,
+                          cpus_per_worker=1, **same)
+    losses = [[e["loss"] for e in json.loads((o / trainer.CURVES_FILE).read_text()) if "loss" in e]
+              for o in (out_one, out_two)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    a, b = _weights(out_one / trainer.MODEL_DIR), _weights(out_two / trainer.MODEL_DIR)
+    base = _weights(Path(__import__("customir.models", fromlist=["x"]).resolve_base_model(
+        "all-MiniLM-L6-v2")))
+    moved = np.sqrt(sum(float(np.sum((a[k] - base[k]) ** 2)) for k in a))
+    apart = np.sqrt(sum(float(np.sum((a[k] - b[k]) ** 2)) for k in a))
+    assert moved > 1e-3  # training changed the weights ...
+    # ... the same way, up to floating-point noise (Adam's first steps are ~lr * sign(grad),
+    # so a weight whose gradient is ~0 may move either way: compare norms, not single weights)
+    assert apart < moved / 100, (apart, moved)
+
+
+@pytest.mark.parametrize("loss", ["cached_mnrl", "gist"])
+def test_other_losses_train(triples, tmp_path, loss):
+    manifest, _ = _train(triples, tmp_path, loss=loss, mini_batch_size=4, eval_steps=2,
+                         max_steps=2, temperature=0.02)
+    assert manifest.extra["metrics"]["steps"] == 2
+
+
+def test_deepspeed_zero2_on_two_cpu_workers(triples, tmp_path):
+    pytest.importorskip("deepspeed")
+    manifest, out = _train(triples, tmp_path, deepspeed_stage=2, num_workers=2,
+                           cpus_per_worker=1, batch_size=4, eval_steps=2, max_steps=2)
+    assert manifest.extra["metrics"]["steps"] == 2
+    assert (out / trainer.MODEL_DIR / "config.json").is_file()
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("triples", "chunks"):
+        (out / name).symlink_to(triples / name)
+    settings = {**SMALL, "eval_steps": 3, "max_steps": 15, "patience": None}  # 4 x 3 < 15
+    script = (
+        "import sys; from customir.config import TrainConfig; from customir.train import trainer;"
+        f"trainer.run({str(out / 'triples')!r}, {str(out / 'chunks')!r}, {str(out)!r}, "
+        f"TrainConfig(**{settings!r}))")
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray cluster, killed with it
+    process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = out / ".ray" / TrainConfig(**settings).config_hash()
+    deadline = time.monotonic() + 300
+    while not trainer.latest_checkpoint(storage):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "train").exists()  # nothing published by the killed run
+    manifest = trainer.run(out / "triples", out / "chunks", out, TrainConfig(**settings))
+    metrics = manifest.extra["metrics"]
+    assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 15
+    assert not storage.exists()  # checkpoints are removed once the model is published
+    assert Manifest.read(out / "train").extra["metrics"] == metrics
