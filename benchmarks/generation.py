@@ -25,23 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from common import SCIFACT, logger  # noqa: E402  (sets up sys.path and env)
 
-SCIFACT = ROOT.parent / "shared" / "data" / "beir" / "scifact"
-
-
-def say(message: str) -> None:
-    print(f"[generation-bench] {message}", file=sys.stderr, flush=True)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama_cpp is imported
+say = logger("generation-bench")
 
 
 def scifact_chunks(work: Path, n_chunks: int, data: Path = SCIFACT):

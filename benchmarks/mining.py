@@ -35,17 +35,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import SCIFACT, logger  # noqa: E402  (sets up sys.path and env)
 
-SCIFACT = ROOT.parent / "shared" / "data" / "beir" / "scifact"
-
-
-def say(message: str) -> None:
-    print(f"[mining-bench] {message}", file=sys.stderr, flush=True)
+say = logger("mining-bench")
 
 
 class PeakMemory:

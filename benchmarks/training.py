@@ -22,22 +22,13 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import SCIFACT, logger  # noqa: E402  (sets up sys.path and env)
 
-SCIFACT = ROOT.parent / "shared" / "data" / "beir" / "scifact"
-
-
-def say(message: str) -> None:
-    print(f"[training-bench] {message}", file=sys.stderr, flush=True)
+say = logger("training-bench")
 
 
 def scifact_rows(data: Path, n_rows: int) -> list[dict]:

@@ -5,7 +5,6 @@ model: tests/test_llm_server.py.)"""
 
 import asyncio
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +17,7 @@ from customir.llm.batch import REQUESTS, ChatAnswerer, request_row
 from customir.llm.openai_http import OpenAIHttpLLM
 from customir.queries import generate
 
-from conftest import free_port
+from conftest import serve_on_loopback
 
 
 def _server(state: dict):
@@ -61,20 +60,10 @@ def _server(state: dict):
 
 @pytest.fixture
 def endpoint():
-    import uvicorn
-
     state = {"arrivals": [], "in_flight": 0, "max_in_flight": 0, "delay": 0.0,
              "garble_first": False, "seen": set()}
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_server(state), host="127.0.0.1", port=port,
-                                           log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", state
-    server.should_exit = True
-    thread.join(timeout=5)
+    with serve_on_loopback(_server(state)) as url:
+        yield url, state
 
 
 def test_stage_over_http_bounded_concurrency_re_asks_and_llm_profile(endpoint, tmp_path,

@@ -156,3 +156,22 @@ def test_a_corpus_with_nothing_usable_is_one_clear_error(tmp_path):
                           str(tmp_path / "run")], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "no usable text" in out.stderr
+
+
+def test_e_mails_give_subject_and_body_or_a_counted_skip(tmp_path):
+    root = tmp_path / "mail"
+    root.mkdir()
+    (root / "html.eml").write_text(
+        "Subject: Fwd: lab results\nContent-Type: text/html; charset=utf-8\n\n"
+        "<html><body><p>The glucose values of the second cohort are in.</p></body></html>\n")
+    (root / "attachment-only.eml").write_bytes(
+        b"Subject: scan\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=XX\n\n"
+        b"--XX\nContent-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n"
+        b"JVBERi0xLjQK\n--XX--\n")
+    manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    assert manifest.balances["documents"].skipped == {"no_text": 1}
+    skipped = pq.read_table(tmp_path / "run" / "chunks" / "skipped.parquet").to_pylist()
+    assert skipped[0]["item"] == "attachment-only.eml" and "no text" in skipped[0]["detail"]
+    row = read_table(tmp_path / "run" / "chunks", CHUNKS).to_pylist()[0]
+    assert row["title"] == "Fwd: lab results"
+    assert row["text"] == "The glucose values of the second cohort are in."

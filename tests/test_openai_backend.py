@@ -1,8 +1,6 @@
 """The openai LLM backend against a real OpenAI-compatible server on loopback."""
 
 import json
-import threading
-import time
 
 import pytest
 
@@ -10,7 +8,7 @@ from customir.config import LLMConfig
 from customir.llm.openai_http import OpenAIHttpLLM
 from customir.queries.prompts import build_query_messages, parse_json_reply, query_schema
 
-from conftest import free_port
+from conftest import serve_on_loopback
 
 
 def _fake_openai_server():
@@ -57,18 +55,9 @@ def _fake_openai_server():
 
 @pytest.fixture(scope="module")
 def endpoint():
-    import uvicorn
-
     api, state = _fake_openai_server()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", state
-    server.should_exit = True
-    thread.join(timeout=5)
+    with serve_on_loopback(api) as url:
+        yield url, state
 
 
 def test_query_writing_over_http_with_a_retry(endpoint):

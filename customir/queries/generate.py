@@ -131,20 +131,25 @@ def _ask(asks: list[Ask], config: GenerateConfig) -> Answers:
                             batch_size=config.batch_size, num_workers=config.num_workers)
 
 
-def _index(chunks_dir: Path, run_dir: Path, backend):
+def _index(chunks_dir: Path, run_dir: Path, backend, cache: dict | None = None):
+    """The chunk index of ``backend`` (shared with the mine stage), opened once per run."""
     from customir.negatives.index import ensure_index, open_index
 
-    mine = MineConfig(backend=backend)
-    return open_index(ensure_index(chunks_dir, run_dir, mine), mine)
+    cache = {} if cache is None else cache
+    if backend not in cache:
+        mine = MineConfig(backend=backend)
+        cache[backend] = open_index(ensure_index(chunks_dir, run_dir, mine), mine)
+    return cache[backend]
 
 
 def multihop_groups(chunks: Chunks, anchors: list[int], config: GenerateConfig,
-                    chunks_dir: Path, run_dir: Path) -> dict[int, list[int]]:
+                    chunks_dir: Path, run_dir: Path,
+                    indexes: dict | None = None) -> dict[int, list[int]]:
     """Anchor row → the 2-3 rows of its multi-hop question (anchors without a neighbour from
     another document get none)."""
     if not anchors:
         return {}
-    index = _index(chunks_dir, run_dir, config.related_by)
+    index = _index(chunks_dir, run_dir, config.related_by, indexes)
     heads = [" ".join(chunks.texts[r].split()[:128]) for r in anchors]
     found, _ = index.search(heads, config.related_top_k + 1)
     groups = {}
@@ -225,11 +230,11 @@ def filter_near_duplicates(candidates: list[Candidate], config: GenerateConfig) 
 
 
 def filter_round_trip(candidates: list[Candidate], config: GenerateConfig, chunks_dir: Path,
-                      run_dir: Path) -> None:
+                      run_dir: Path, indexes: dict | None = None) -> None:
     checked = [c for c in candidates if c.reason is None and c.from_llm]
     if config.roundtrip_k is None or not checked:
         return
-    index = _index(chunks_dir, run_dir, config.roundtrip_by)
+    index = _index(chunks_dir, run_dir, config.roundtrip_by, indexes)
     found, _ = index.search([c.query for c in checked], config.roundtrip_k)
     for c, ranked in zip(checked, found.tolist()):
         if not set(c.rows) & set(ranked):
@@ -338,14 +343,15 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
     with ray_session(ray_config):
         profile, profile_answers = make_profile(chunks, config)
         candidates = free_signals(chunks, config)
-        groups = multihop_groups(chunks, anchors, config, chunks_dir, run_dir)
+        indexes: dict = {}  # multi-hop neighbours and round-trip checks share an open index
+        groups = multihop_groups(chunks, anchors, config, chunks_dir, run_dir, indexes)
         asks = query_asks(chunks, config, profile, llm_rows, groups)
         answers = _ask(asks, config) if asks else None
         if answers:
             candidates += llm_candidates(answers, chunks, groups, origin)
         filter_each(candidates, chunks, config)
         filter_near_duplicates(candidates, config)
-        filter_round_trip(candidates, config, chunks_dir, run_dir)
+        filter_round_trip(candidates, config, chunks_dir, run_dir, indexes)
         judge_answers = filter_by_judge(candidates, chunks, config)
     table = query_rows(candidates, chunks)
     per_kind = per_kind_counts(asks, answers, candidates, table)

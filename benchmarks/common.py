@@ -1,0 +1,25 @@
+"""What every benchmark script sets up first: the repository on sys.path, an offline and
+token-auth-free local environment, the SciFact data folder and a stderr logger."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCIFACT = ROOT.parent / "shared" / "data" / "beir" / "scifact"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def logger(name: str):
+    """A function printing ``[name] message`` to stderr (stdout keeps the table and JSON)."""
+
+    def say(message: str) -> None:
+        print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+    return say
