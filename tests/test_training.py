@@ -157,3 +157,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path):
     assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 15
     assert not storage.exists()  # checkpoints are removed once the model is published
     assert Manifest.read(out / "train").extra["metrics"] == metrics
+
+
+def test_deepspeed_asked_for_but_missing_is_one_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(ImportError, match=r"customir\[deepspeed\]"):
+        trainer.run(tmp_path / "triples", tmp_path / "chunks", tmp_path,
+                    TrainConfig(deepspeed_stage=2))
+    assert not (tmp_path / "train").exists()

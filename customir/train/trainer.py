@@ -157,6 +157,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics)
 
 
+DEEPSPEED_INSTALL = "pip install 'customir[deepspeed]'"
+
+
+def require_deepspeed(config: TrainConfig) -> None:
+    """Fail before any work when DeepSpeed is asked for but missing (inside the Ray workers it
+    would surface as a worker traceback)."""
+    import importlib.util
+
+    if config.deepspeed_stage is not None and importlib.util.find_spec("deepspeed") is None:
+        raise ImportError(f"train.deepspeed_stage needs DeepSpeed: {DEEPSPEED_INSTALL}")
+
+
 def validation_interval(config: TrainConfig, train_rows: Path, batch_size: int) -> int:
     """``eval_steps``, shortened so that a short run is still validated (and checkpointed) at
     least 4 times (without validation rows checkpoints keep the configured interval)."""
@@ -239,6 +251,7 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     if done := find_complete(out, config.config_hash(), inputs):
         log("train: up to date, skipping")
         return done
+    require_deepspeed(config)
     chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
     chunk_text = dict(zip(chunks["chunk_id"], chunks["text"]))
     chunk_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"]))
