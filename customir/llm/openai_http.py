@@ -27,7 +27,8 @@ from customir.llm.protocol import Completion
 class RateLimiter:
     """Start at most ``qps`` calls per second across threads (calls are spaced 1/qps apart).
 
-    >>> limiter = RateLimiter(None); limiter.wait()  # no limit: returns at once
+    >>> limiter = RateLimiter(None); limiter.wait() <= time.monotonic()  # no limit: at once
+    True
     """
 
     def __init__(self, qps: float | None):
@@ -35,15 +36,17 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self) -> float:
+        """Sleep until this call's turn; returns its start time (``time.monotonic``)."""
+        now = time.monotonic()
         if not self.interval:
-            return
+            return now
         with self._lock:
-            now = time.monotonic()
             start = max(now, self._next)
             self._next = start + self.interval
         if start > now:
             time.sleep(start - now)
+        return start
 
 
 class OpenAIHttpLLM:
