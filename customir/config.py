@@ -382,7 +382,11 @@ class TrainConfig(_Section):
         None, ge=0, le=3, description="Train with DeepSpeed ZeRO at this stage (through the "
         "Hugging Face trainer; bf16 on GPUs that support it); None: plain DDP. On CPUs it runs "
         "with DS_ACCELERATOR=cpu (needs the deepspeed extra).")
-    max_steps: int | None = Field(None, description="Stop after this many steps (smoke tests).")
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (a "
+                                  "time budget: ~2 rows/s on 2 CPU cores; also smoke tests).")
+    query_kinds: list[str] | None = Field(
+        None, description="Train only on queries of these kinds (e.g. [title, heading] for "
+        "structural pairs only; None: every kind). Left-out queries are counted, not lost.")
 
 
 class BeirEvalConfig(_Section):

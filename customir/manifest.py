@@ -109,9 +109,11 @@ def find_complete(out_dir: str | Path, config_hash: str, inputs: dict[str, str])
 
 
 @contextlib.contextmanager
-def stage_output(out_dir: str | Path, stage: str, config_hash: str,
-                 inputs: dict[str, str]) -> Iterator[tuple[Path, Manifest]]:
+def stage_output(out_dir: str | Path, stage: str, config_hash: str, inputs: dict[str, str],
+                 started: float | None = None) -> Iterator[tuple[Path, Manifest]]:
     """Yield a temporary folder and a manifest to fill; publish both atomically on success.
+    ``started`` (``time.monotonic()`` when the stage began) makes ``manifest.seconds`` the
+    stage's whole wall time, not only the time spent writing.
 
     Usage::
 
@@ -124,7 +126,7 @@ def stage_output(out_dir: str | Path, stage: str, config_hash: str,
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     manifest = Manifest(stage=stage, config_hash=config_hash, inputs=inputs, balances={})
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     try:
         yield tmp, manifest
         for unit, balance in manifest.balances.items():

@@ -9,11 +9,13 @@ import openai
 import pytest
 
 from customir import load_config, run_pipeline
+from customir.evaluate.report import SECTIONS
 from customir.manifest import Manifest
 from customir.serve import app
 from customir.serve.encoder import OnnxEncoder
 
 from conftest import free_port
+from test_report import embedded_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 SAMPLE = Path(__file__).parent.parent / "examples" / "sample_corpus"
@@ -52,8 +54,21 @@ def test_corpus_to_served_embeddings(tiny_corpus, tmp_path, ray_cluster):
     assert sum(verified.extra["verdicts"].get(v, 0) for v in ("kept", "false_negative")) >= 1
     assert Manifest.read(run / "train").extra["metrics"]["steps"] == 2
     report = json.loads((run / "evaluation" / "report.json").read_text())
-    assert set(report["synthetic-test"]["results"]) == {"bm25", "base", "tuned"}
+    assert set(report["synthetic-test"]["results"]) == {"bm25", "base", "tuned", "hybrid",
+                                                        "hybrid-base"}
     assert (run / "evaluation" / "report.png").stat().st_size > 1000
+    html = (run / "evaluation" / "report.html").read_text()
+    for section, _ in SECTIONS:  # every section of the report has content for this run
+        body = html.split(f'<section id="{section}">', 1)[1].split("</section>", 1)[0]
+        assert "Not available" not in body, section
+    assert len(embedded_images(html)) == 6  # metrics, curves, scores, funnel, queries, timing
+    details = report["details"]
+    assert [label for label, _ in details["funnel"]][:3] == ["documents read",
+                                                            "documents ingested", "chunks"]
+    assert set(details["stage_seconds"]) == {"ingest", "generate", "mine", "verify", "train",
+                                             "evaluate"}
+    assert details["stage_seconds"]["train"] > 1  # the whole stage, not only its write
+    assert 1 <= len(details["examples"]) <= 10
     data = report["training_data"]  # every report accounts for what was trained on
     assert data["verify"]["verified_queries"] == 2
     assert data["verify"]["dropped_share_of_checked"] is not None

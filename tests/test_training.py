@@ -169,3 +169,10 @@ def test_deepspeed_asked_for_but_missing_is_one_clear_error(tmp_path, monkeypatc
         trainer.run(tmp_path / "triples", tmp_path / "chunks", tmp_path,
                     TrainConfig(deepspeed_stage=2))
     assert not (tmp_path / "train").exists()
+
+
+def test_query_kinds_that_match_nothing_fail_before_training(triples, tmp_path):
+    with pytest.raises(ValueError, match=r"train.query_kinds \['claim'\] matches none of the "
+                                         r"\d+ queries \(kinds present: \{'title': \d+\}\)"):
+        _train(triples, tmp_path, query_kinds=["claim"])
+    assert not (tmp_path / "run" / "train").exists()

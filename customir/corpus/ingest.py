@@ -8,6 +8,7 @@ reason) and ``chunks`` (chunks made = written + duplicates + too short).
 """
 
 from __future__ import annotations
+import time
 
 from collections import Counter
 from dataclasses import dataclass
@@ -112,12 +113,13 @@ def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
     if done := find_complete(out, config_hash, inputs):
         log(f"ingest: up to date ({done.balances['chunks'].n_out} chunks), skipping")
         return done
+    started = time.monotonic()  # the manifest records the stage's whole wall time
     result = ingest(corpus, config, base_model)
     reasons = dict(Counter(s["reason"] for s in result.skipped))
     if result.chunks.num_rows == 0:
         raise EmptyCorpusError(f"no usable text in {corpus}: {result.balances['documents'].n_in} "
                                f"inputs, all skipped ({reasons or 'the folder is empty'})")
-    with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
+    with stage_output(out, STAGE, config_hash, inputs, started) as (tmp, manifest):
         write_rows(tmp, result.chunks, result.skipped)
         manifest.balances.update(result.balances)
         manifest.extra.update({"skip_reasons": reasons, "corpus": str(corpus),

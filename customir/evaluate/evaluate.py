@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from customir.config import BeirEvalConfig, EvaluateConfig, MineConfig
 from customir.evaluate.metrics import Qrels, mean_metrics, paired_randomization_test, \
     per_query_metrics
 from customir.evaluate.report import write_report
-from customir.evaluate.retrieval import bm25_run, chunks_to_documents, dense_run
+from customir.evaluate.retrieval import bm25_run, chunks_to_documents, dense_run, fuse_runs
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.models import load_sentence_transformer
 from customir.negatives.bm25 import BM25Index
@@ -114,12 +115,25 @@ def _systems(models: dict, corpus: dict[str, str], bm25: BM25Index, queries: dic
     return runs
 
 
+# Hybrids: each dense model fused with BM25 by reciprocal rank (RRF of BM25 and the *untuned*
+# model is the bar a tuned hybrid has to clear).
+HYBRIDS = {"hybrid": "tuned", "hybrid-base": "base"}
+COMPARISONS = (("tuned", "base"), ("tuned", "bm25"), ("base", "bm25"), ("hybrid", "hybrid-base"),
+               ("hybrid", "bm25"))
+
+
+def with_hybrids(runs: dict, k: int) -> dict:
+    return {**runs, **{name: fuse_runs([runs[dense], runs["bm25"]], k)
+                       for name, dense in HYBRIDS.items() if dense in runs and "bm25" in runs}}
+
+
 def _score(runs: dict, qrels: Qrels, config: EvaluateConfig) -> dict:
+    runs = with_hybrids(runs, max(config.k_values))
     per_query = {name: per_query_metrics(qrels, run, config.k_values) for name, run in runs.items()}
     results = {name: mean_metrics(pq_) for name, pq_ in per_query.items()}
     comparisons = []
     qids = sorted(qrels)
-    for a, b in (("tuned", "base"), ("tuned", "bm25"), ("base", "bm25")):
+    for a, b in COMPARISONS:
         if a in per_query and b in per_query:
             va = [per_query[a][COMPARED_METRIC][q] for q in qids]
             vb = [per_query[b][COMPARED_METRIC][q] for q in qids]
@@ -142,6 +156,7 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     if done := find_complete(out, config_hash, inputs):
         log("evaluate: up to date, skipping")
         return done
+    started = time.monotonic()  # the manifest records the stage's whole wall time
     test = synthetic_test_set(chunks_dir, triples_dir, train_dir)
     corpus = test.corpus
     models = {"base": load_sentence_transformer(base_model),
@@ -163,16 +178,106 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     for beir in config.beir:
         sets[beir.name], balances[f"beir:{beir.name}"] = _score_beir(
             beir, models, corpus, test.chunk_doc, bm25, config, cache)
-    with stage_output(out, STAGE, config_hash, inputs) as (tmp, manifest):
-        write_report(tmp, sets, training_data_summary(triples_dir.parent))
+    details = report_details(triples_dir.parent, test, models, cache, config.batch_size)
+    with stage_output(out, STAGE, config_hash, inputs, started) as (tmp, manifest):
         if (train_dir / "curves.png").is_file():  # the train stage's loss / validation curves
             shutil.copy(train_dir / "curves.png", tmp / "training_curves.png")
+        details["stage_seconds"]["evaluate"] = round(time.monotonic() - started, 1)
+        write_report(tmp, sets, training_data_summary(triples_dir.parent), details,
+                     config.k_values)
         manifest.balances.update(balances)
         manifest.extra["sets"] = {name: {"n_queries": d["n_queries"],
                                          "nDCG@10": {s: round(m[COMPARED_METRIC], 4)
                                                      for s, m in d["results"].items()}}
                                   for name, d in sets.items()}
     return manifest
+
+
+STAGE_FOLDERS = (("ingest", "chunks"), ("generate", "queries"), ("mine", "candidates"),
+                 ("verify", "triples"), ("train", "train"))
+N_EXAMPLES, MAX_SCORED_QUERIES = 10, 500
+
+
+def report_details(run_dir: Path, test: TestSet, models: dict, cache: dict,
+                   batch_size: int, seed: int = 13) -> dict:
+    """What the report shows besides the metrics: the funnel of counts, wall time per stage,
+    query kinds and lengths, example queries, and positive vs hard-negative cosines under each
+    model (on held-out queries where the split has enough)."""
+    import random
+
+    manifests = {}
+    for stage, folder in STAGE_FOLDERS:
+        try:
+            manifests[stage] = Manifest.read(run_dir / folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    triples = read_table(run_dir / "triples", TRIPLES).select(
+        ["query_id", "query", "kind", "chunk_id", "negative_chunk_ids"]).to_pylist()
+    distinct = {(t["query"], t["kind"]): t for t in triples}
+    with_negatives = [t for t in triples if t["negative_chunk_ids"]]
+
+    funnel = []
+    if m := manifests.get("ingest"):
+        funnel += [("documents read", m.balances["documents"].n_in),
+                   ("documents ingested", m.balances["documents"].n_out),
+                   ("chunks", m.balances["chunks"].n_out)]
+    if m := manifests.get("generate"):
+        funnel.append(("queries kept (rows)", m.balances["queries"].n_out))
+    if m := manifests.get("mine"):
+        funnel.append(("candidates after the margin", int(m.extra.get("candidates", 0))))
+    funnel += [("queries with hard negatives", len(with_negatives)),
+               ("hard negatives kept", sum(len(t["negative_chunk_ids"]) for t in triples))]
+    if m := manifests.get("train"):
+        funnel.append(("training rows", m.balances["queries"].n_out))
+
+    lengths: dict[str, list[int]] = defaultdict(list)
+    for query, kind in distinct:
+        lengths[kind].append(len(query.split()))
+
+    rng = random.Random(seed)
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for t in sorted(with_negatives or triples, key=lambda t: t["query_id"]):
+        by_kind[t["kind"]].append(t)
+    for rows in by_kind.values():
+        rng.shuffle(rows)
+    examples, kinds = [], sorted(by_kind)
+    while len(examples) < N_EXAMPLES and any(by_kind.values()):
+        for kind in kinds:
+            if by_kind[kind] and len(examples) < N_EXAMPLES:
+                t = by_kind[kind].pop()
+                examples.append({"kind": kind, "query": t["query"],
+                                 "positive": _clip(test.corpus.get(t["chunk_id"], ""), 300),
+                                 "negatives": [_clip(test.corpus.get(c, ""), 200)
+                                               for c in t["negative_chunk_ids"][:2]]})
+
+    test_chunks = {c for rel in test.qrels.values() for c in rel}
+    held_out = [t for t in with_negatives if t["chunk_id"] in test_chunks]
+    from_held_out = len(held_out) >= 20
+    scored = sorted(held_out if from_held_out else with_negatives,
+                    key=lambda t: t["query_id"])[:MAX_SCORED_QUERIES]
+    scores = {}
+    if scored:
+        row = {c: i for i, c in enumerate(test.corpus)}
+        for name, model in models.items():
+            q = model.encode([t["query"] for t in scored], batch_size=batch_size,
+                             normalize_embeddings=True, convert_to_numpy=True)
+            p = cache[name]
+            scores[name] = {
+                "positive": [float(q[i] @ p[row[t["chunk_id"]]]) for i, t in enumerate(scored)],
+                "negative": [float(q[i] @ p[row[c]]) for i, t in enumerate(scored)
+                             for c in t["negative_chunk_ids"]]}
+    return {"funnel": funnel,
+            "stage_seconds": {stage: round(m.seconds, 1) for stage, m in manifests.items()},
+            "query_kinds": dict(sorted(Counter(kind for _, kind in distinct).items())),
+            "query_lengths": dict(lengths), "examples": examples, "scores": scores,
+            "scores_note": (f"cos(query, positive) vs cos(query, hard negative) for "
+                            f"{len(scored)} " + ("held-out test queries" if from_held_out else
+                                                 "queries incl. trained ones (< 20 held out)")
+                            + ", before (base) and after (tuned) training")}
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"
 
 
 def training_data_summary(run_dir: Path) -> dict:

@@ -54,3 +54,20 @@ def chunks_to_documents(run: Run, chunk_doc: dict[str, str]) -> Run:
             docs[doc] = max(score, docs.get(doc, float("-inf")))
         out[qid] = docs
     return out
+
+
+def fuse_runs(runs: list[Run], k: int, rrf_k: int = 60) -> Run:
+    """Reciprocal-rank fusion of several runs (each ranked by its own scores) into the top k.
+
+    >>> fuse_runs([{"q": {"a": 9.0, "b": 1.0}}, {"q": {"b": 0.9, "c": 0.8}}], k=2, rrf_k=0)
+    {'q': {'b': 1.5, 'a': 1.0}}
+    """
+    out: Run = {}
+    for qid in set().union(*runs):
+        fused: dict[str, float] = {}
+        for run in runs:
+            ranked = sorted(run.get(qid, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (doc, _) in enumerate(ranked, start=1):
+                fused[doc] = fused.get(doc, 0.0) + 1.0 / (rrf_k + rank)
+        out[qid] = dict(sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k])
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +141,13 @@ def run(model_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     if done := find_complete(out, config.config_hash(), inputs):
         log("export: up to date, skipping")
         return done
+    started = time.monotonic()  # the manifest records the stage's whole wall time
     test = (synthetic_test_set(chunks_dir, Path(triples_dir), Path(train_dir)) if with_test
             else None)
     model = load_sentence_transformer(model_dir)
     texts = read_table(chunks_dir, CHUNKS).column("text").to_pylist()[:config.parity_samples]
     texts += ["short query", "a longer question about the corpus that a user might type?"]
-    with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
+    with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         meta = export_onnx(model, model_dir, tmp, config.opset)
         check = parity(model, tmp, texts)
         log(f"export: parity min cosine {check['min_cosine']:.6f}, "

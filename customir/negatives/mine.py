@@ -13,6 +13,7 @@ is counted in ``extra.queries_without_candidates``.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
     if done := find_complete(out, config.config_hash(), inputs):
         log(f"mine: up to date ({done.balances['queries'].n_out} queries), skipping")
         return done
+    started = time.monotonic()  # the manifest records the stage's whole wall time
     queries = read_table(queries_dir, QUERIES)
     index_dir = ensure_index(chunks_dir, run_dir, config)
     log(f"mine: {queries.num_rows} queries against {config.backend.value} (top {config.top_k}, "
@@ -128,7 +130,7 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
                            batch_size=config.batch_size, concurrency=config.num_workers)
     table, skips = split_skips(rows, CANDIDATES, STAGE, "query_id")
     counts = table.column("candidate_chunk_ids").to_pylist()
-    with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
+    with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         write_rows(tmp, table, skips)
         manifest.balances["queries"] = Balance(queries.num_rows, table.num_rows,
                                                dict(Counter(s["reason"] for s in skips)))

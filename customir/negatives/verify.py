@@ -16,6 +16,7 @@ unverified_dropped).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     if done := find_complete(out, config.config_hash(), inputs):
         log(f"verify: up to date ({done.balances['queries'].n_out} queries), skipping")
         return done
+    started = time.monotonic()  # the manifest records the stage's whole wall time
     candidates = read_table(candidates_dir, CANDIDATES)
     with_candidates = [q for q, c in zip(candidates["query_id"].to_pylist(),
                                          candidates["candidate_chunk_ids"].to_pylist()) if c]
@@ -124,7 +126,7 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     if not config.keep_unverified:
         skipped["unverified_dropped"] = verdicts[UNVERIFIED]
     checked = verdicts[KEPT] + verdicts[FALSE_NEGATIVE]
-    with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
+    with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         write_rows(tmp, table, skips)
         manifest.balances["queries"] = Balance(candidates.num_rows, table.num_rows,
                                                dict(Counter(s["reason"] for s in skips)))

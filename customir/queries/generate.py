@@ -326,6 +326,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
     if done := find_complete(out, config.config_hash(), inputs):
         log(f"generate: up to date ({done.balances['queries'].n_out} queries), skipping")
         return done
+    started = time.monotonic()  # the manifest records the stage's whole wall time
     if config.llm.backend == LLMBackend.vllm:
         from customir.llm.vllm_batch import require_vllm
 
@@ -363,7 +364,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
     answered_chunks = {rid.split(":", 1)[1] for rid, _ in (answers.values if answers else {})
                        if rid.startswith("q:")}
     asked_chunks = {a.request_id.split(":", 1)[1] for a in asks if a.request_id.startswith("q:")}
-    with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
+    with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         write_rows(tmp, table, _skips(asks, answers, candidates, chunks))
         (tmp / PROFILE_FILE).write_text(json.dumps(profile, indent=2))
         manifest.balances.update({

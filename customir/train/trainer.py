@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -251,6 +252,7 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     if done := find_complete(out, config.config_hash(), inputs):
         log("train: up to date, skipping")
         return done
+    started = time.monotonic()  # the manifest records the stage's whole wall time
     require_deepspeed(config)
     chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
     chunk_text = dict(zip(chunks["chunk_id"], chunks["text"]))
@@ -258,7 +260,14 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     docs = sorted(set(chunks["doc_id"]))
     split_of = {d: assign_split(d, config.split, config.seed) for d in docs}
     triples = read_table(triples_dir, TRIPLES).to_pylist()
-    with stage_output(out, STAGE, config.config_hash(), inputs) as (tmp, manifest):
+    n_read = len(triples)
+    if config.query_kinds is not None:
+        present = Counter(t["kind"] for t in triples)
+        triples = [t for t in triples if t["kind"] in set(config.query_kinds)]
+        if not triples:
+            raise ValueError(f"train.query_kinds {config.query_kinds} matches none of the "
+                             f"{n_read} queries (kinds present: {dict(present)})")
+    with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         pq.write_table(pa.table({"doc_id": docs, "split": [split_of[d] for d in docs]}),
                        tmp / SPLIT_FILE)
         paths, sizes, fills = {}, {}, 0
@@ -296,9 +305,10 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         (tmp / CURVES_FILE).write_text(json.dumps(curves, indent=1))
         plot_curves(curves, tmp / "curves.png")
         shutil.rmtree(final, ignore_errors=True)
-        manifest.balances["queries"] = Balance(len(triples), sizes["train"],
-                                               {"validation": sizes["validation"],
-                                                "test": held_out})
+        skipped = {"validation": sizes["validation"], "test": held_out,
+                   "kind_not_trained": n_read - len(triples)}
+        manifest.balances["queries"] = Balance(n_read, sizes["train"],
+                                               {k: v for k, v in skipped.items() if v})
         manifest.extra.update({"metrics": metrics, "random_negative_fills": fills,
                                "batch_size": batch_size,
                                "documents_per_split": dict(Counter(split_of.values())),

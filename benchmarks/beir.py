@@ -1,0 +1,365 @@
+"""The whole adaptation on a BEIR dataset, judged on its human test queries.
+
+    python benchmarks/beir.py DATASET_DIR [--config benchmarks/configs/beir.yaml]
+        [--set section.key=value ...] [--ablation [VARIANT ...]] [--runs runs/beir]
+
+DATASET_DIR is any BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/test.tsv). Only
+``corpus.jsonl`` goes into the pipeline (copied to ``RUNS/<dataset>/corpus/``): no query and no
+qrel is seen by ingest, generation, mining, verification or training. The test queries and qrels
+are read afterwards, for evaluation only.
+
+Evaluation follows the standard BEIR protocol, independent of the pipeline's chunking: every
+document is ``title + " " + text``, encoded whole (max_seq_length 256) and ranked by cosine, or
+by BM25 (bm25s, Lucene scoring, English stemmer and stopwords). Systems: ``bm25``, ``base``
+(the untuned model), ``tuned``, and the reciprocal-rank fusions ``hybrid-base`` (BM25 + base,
+the bar any hybrid has to clear) and ``hybrid`` (BM25 + tuned). nDCG, Recall, P, MAP and MRR at
+1/5/10/100 (pytrec_eval); every difference comes with a paired randomization test on per-query
+nDCG@10.
+
+The pipeline run lives in ``RUNS/<dataset>/run`` (its own report with plots is in
+``run/evaluation/report.html``); a rerun reuses every finished stage. ``--ablation`` trains one
+variant per factor (one flag each, see VARIANTS) on copies of the main run's upstream stages, so
+only the stages a factor touches run again.
+
+Writes ``benchmarks/results/<dataset>-<date>.{json,md}``; prints the table and the per-stage wall
+times, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+
+from common import ROOT, logger  # noqa: E402  (sets up sys.path and env)
+
+say = logger("beir-bench")
+
+STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate")
+STAGE_FOLDERS = {"ingest": "chunks", "generate": "queries", "mine": "candidates",
+                 "verify": "triples", "train": "train", "evaluate": "evaluation"}
+SYSTEMS = ("bm25", "base", "tuned", "hybrid-base", "hybrid")
+K_VALUES = [1, 5, 10, 100]
+STRUCTURAL_KINDS = ["title", "heading", "subject"]
+LLM_KINDS = ["keyword", "question", "claim", "multihop"]
+# One factor per variant; each is the main config plus these overrides.
+VARIANTS = {
+    "structural_only": [f"train.query_kinds={STRUCTURAL_KINDS}"],
+    "llm_only": [f"train.query_kinds={LLM_KINDS}"],
+    "no_verify": ["verify.enabled=false"],
+    "no_margin": ["mine.relative_margin=null"],
+    "temperature_0.02": ["train.temperature=0.02"],
+    "temperature_0.1": ["train.temperature=0.1"],
+    "steps_x2": [],  # filled in from the main config: twice its max_steps (or epochs)
+}
+
+
+# -- data ---------------------------------------------------------------------------------------
+def prepare_corpus(dataset: Path, root: Path) -> Path:
+    """A folder holding only the dataset's corpus.jsonl (queries.jsonl must not be ingested)."""
+    folder = root / "corpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    source, copy = dataset / "corpus.jsonl", folder / "corpus.jsonl"
+    if not source.is_file():
+        raise SystemExit(f"{dataset}: no corpus.jsonl (not a BEIR folder)")
+    if not copy.is_file() or copy.stat().st_size != source.stat().st_size:
+        shutil.copy2(source, copy)  # keeps the mtime, so the ingest fingerprint stays stable
+    return folder
+
+
+def read_documents(dataset: Path) -> dict[str, str]:
+    documents = {}
+    with open(dataset / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                record = json.loads(line)
+                documents[str(record["_id"])] = (f"{record.get('title') or ''} "
+                                                 f"{record.get('text') or ''}").strip()
+    return documents
+
+
+def read_test_set(dataset: Path, split: str) -> tuple[dict[str, str], dict]:
+    from customir.evaluate.evaluate import read_beir_qrels, read_beir_queries
+
+    qrels_path = dataset / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise SystemExit(f"{dataset}: no qrels/{split}.tsv")
+    queries = read_beir_queries(dataset / "queries.jsonl")
+    qrels = {q: rel for q, rel in read_beir_qrels(qrels_path).items() if q in queries}
+    return {q: queries[q] for q in qrels}, qrels
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
+    """Run the stages in order up to ``until``; per stage: seconds (from its manifest: the whole
+    stage, possibly in an earlier invocation) and whether this invocation ran it."""
+    from customir.corpus import ingest
+    from customir.evaluate import evaluate
+    from customir.manifest import Manifest
+    from customir.negatives import mine, verify
+    from customir.queries import generate
+    from customir.runtime import ray_session
+    from customir.train import trainer
+
+    run = Path(config.run_dir)
+    calls = {
+        "ingest": lambda: ingest.run(config.corpus, run, config.ingest, config.train),
+        "generate": lambda: generate.run(run / "chunks", run, config.generate),
+        "mine": lambda: mine.run(run / "queries", run / "chunks", run, config.mine),
+        "verify": lambda: verify.run(run / "candidates", run / "chunks", run, config.verify),
+        "train": lambda: trainer.run(run / "triples", run / "chunks", run, config.train,
+                                     config.ray),
+        "evaluate": lambda: evaluate.run(run / "chunks", run / "triples", run / "train", run,
+                                         config.evaluate, config.train.base_model, config.mine),
+    }
+    stages = STAGES[:STAGES.index(until) + 1]
+    timings = {}
+    with ray_session(config.ray):
+        for stage in stages:
+            folder = run / STAGE_FOLDERS[stage]
+            before = _finished_at(folder)
+            started = time.monotonic()
+            manifest = calls[stage]()
+            ran = Manifest.read(folder).finished_at != before
+            timings[stage] = {"seconds": round(manifest.seconds, 1), "ran_now": ran,
+                              "invocation_seconds": round(time.monotonic() - started, 1)}
+            say(f"{stage}: {'ran' if ran else 'reused'} ({manifest.seconds:.1f} s)")
+    return timings
+
+
+def _finished_at(folder: Path) -> str | None:
+    from customir.manifest import Manifest
+
+    try:
+        return Manifest.read(folder).finished_at
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# -- evaluation on the human test queries ---------------------------------------------------------
+class Evaluator:
+    """Scores systems on the dataset's test queries; the BM25 run and the base model's document
+    embeddings are computed once and reused by every variant."""
+
+    def __init__(self, documents: dict[str, str], queries: dict[str, str], qrels: dict,
+                 base_model: str, cache_dir: Path, batch_size: int = 64):
+        from customir.evaluate.retrieval import bm25_run
+        from customir.negatives.bm25 import BM25Index
+
+        self.documents, self.queries, self.qrels = documents, queries, qrels
+        self.doc_ids = list(documents)
+        self.batch_size, self.cache_dir = batch_size, cache_dir
+        index = BM25Index(list(documents.values()))
+        self.runs = {"bm25": bm25_run(index, queries, self.doc_ids, max(K_VALUES))}
+        self.runs["base"] = self.dense(base_model, "base")
+
+    def dense(self, model_path: str | Path, cache_name: str | None = None) -> dict:
+        import numpy as np
+
+        from customir.evaluate.retrieval import top_k_run
+        from customir.models import load_sentence_transformer
+
+        model = load_sentence_transformer(model_path)
+        model.max_seq_length = 256
+        cached = self.cache_dir / f"{cache_name}-{len(self.doc_ids)}.npy" if cache_name else None
+        if cached and cached.is_file():
+            passages = np.load(cached)
+        else:
+            say(f"encoding {len(self.doc_ids)} documents with {model_path}")
+            passages = model.encode([self.documents[d] for d in self.doc_ids],
+                                    batch_size=self.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True)
+            if cached:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                np.save(cached, passages)
+        qids = list(self.queries)
+        q = model.encode([self.queries[i] for i in qids], batch_size=self.batch_size,
+                         normalize_embeddings=True, convert_to_numpy=True)
+        return top_k_run(qids, q @ passages.T, self.doc_ids, max(K_VALUES))
+
+    def score(self, tuned_model: str | Path, permutations: int = 10000) -> dict:
+        from customir.evaluate.metrics import mean_metrics, paired_randomization_test, \
+            per_query_metrics
+        from customir.evaluate.retrieval import fuse_runs
+
+        runs = {**self.runs, "tuned": self.dense(tuned_model)}
+        k = max(K_VALUES)
+        runs["hybrid-base"] = fuse_runs([runs["base"], runs["bm25"]], k)
+        runs["hybrid"] = fuse_runs([runs["tuned"], runs["bm25"]], k)
+        per_query = {s: per_query_metrics(self.qrels, runs[s], K_VALUES) for s in SYSTEMS}
+        results = {s: {m: round(v, 4) for m, v in mean_metrics(per_query[s]).items()}
+                   for s in SYSTEMS}
+        qids = sorted(self.qrels)
+        comparisons = []
+        for a, b in (("tuned", "base"), ("tuned", "bm25"), ("hybrid", "hybrid-base"),
+                     ("hybrid", "bm25")):
+            va = [per_query[a]["nDCG@10"][q] for q in qids]
+            vb = [per_query[b]["nDCG@10"][q] for q in qids]
+            comparisons.append({
+                "a": a, "b": b, "metric": "nDCG@10", "n_queries": len(qids),
+                "delta": round(results[a]["nDCG@10"] - results[b]["nDCG@10"], 4),
+                "p_value": paired_randomization_test(va, vb, permutations)})
+        return {"n_queries": len(qids), "results": results, "comparisons": comparisons}
+
+
+# -- variants -------------------------------------------------------------------------------------
+def variant_overrides(name: str, config) -> list[str]:
+    if name != "steps_x2":
+        return VARIANTS[name]
+    if config.train.max_steps:
+        return [f"train.max_steps={2 * config.train.max_steps}"]
+    return [f"train.epochs={2 * config.train.epochs}"]
+
+
+def seed_variant(main_run: Path, variant_run: Path) -> None:
+    """Copy the main run's upstream stage folders (hard links where possible) so the variant
+    reuses every stage whose settings it shares."""
+    for folder in ("chunks", "queries", "indexes", "candidates", "triples"):
+        source, target = main_run / folder, variant_run / folder
+        if source.is_dir() and not target.exists():
+            shutil.copytree(source, target, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import os
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+# -- output ---------------------------------------------------------------------------------------
+def markdown(dataset: str, main: dict, ablation: dict[str, dict], timings: dict,
+             meta: dict) -> str:
+    columns = ["nDCG@10", "Recall@10", "Recall@100", "MRR@10", "MAP@10", "P@1"]
+    lines = [f"# {dataset}: {main['n_queries']} test queries, {date.today().isoformat()}", "",
+             f"Config: `{meta['config']}` + {meta['overrides'] or 'no overrides'}; "
+             f"{meta['documents']} documents; whole run {meta['pipeline_minutes']:.1f} min "
+             "(pipeline stages) on this machine.", "",
+             "| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for system in SYSTEMS:
+        m = main["results"][system]
+        lines.append(f"| {system} | " + " | ".join(f"{m[c]:.4f}" for c in columns) + " |")
+    verdict = {True: "significant", False: "not significant"}
+    lines += ["", *(f"- {c['a']} vs {c['b']}: {c['delta']:+.4f} nDCG@10, paired randomization "
+                    f"p = {c['p_value']:.4f} ({verdict[c['p_value'] < 0.05]} at 0.05)"
+                    for c in main["comparisons"]), "",
+              "| stage | seconds | this invocation |", "|---|---|---|",
+              *(f"| {s} | {t['seconds']:.1f} | {'ran' if t['ran_now'] else 'reused'} |"
+                for s, t in timings.items()), ""]
+    if ablation:
+        lines += ["## Ablation (one factor per row; tuned model unless noted)", "",
+                  "| variant | overrides | tuned nDCG@10 | Δ vs base (p) | R@100 | hybrid nDCG@10 "
+                  "| train s | training rows |", "|---|---|---|---|---|---|---|---|"]
+        for name, v in ablation.items():
+            if "error" in v:
+                lines.append(f"| {name} | {' '.join(v['overrides'])} | failed: {v['error']} "
+                             "| | | | | |")
+                continue
+            r = v["results"]
+            c = next(c for c in v["comparisons"] if (c["a"], c["b"]) == ("tuned", "base"))
+            lines.append(f"| {name} | `{' '.join(v['overrides']) or '(main config)'}` "
+                         f"| {r['tuned']['nDCG@10']:.4f} | {c['delta']:+.4f} "
+                         f"({c['p_value']:.3f}) | {r['tuned']['Recall@100']:.4f} "
+                         f"| {r['hybrid']['nDCG@10']:.4f} | {v['train_seconds']:.0f} "
+                         f"| {v['training_rows']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, "
+                        "qrels/test.tsv)")
+    parser.add_argument("--config", type=Path, default=ROOT / "benchmarks/configs/beir.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override a config value (section.key=value); repeatable")
+    parser.add_argument("--split", default="test", help="qrels split used for evaluation")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "beir")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--ablation", nargs="*", metavar="VARIANT",
+                        help=f"also train these variants (none named: all of {list(VARIANTS)})")
+    parser.add_argument("--skip-main", action="store_true",
+                        help="with --ablation: reuse the main run and its results file")
+    args = parser.parse_args()
+
+    from customir.config import load_config
+    from customir.manifest import Manifest
+
+    dataset = args.dataset.resolve()
+    name = dataset.name
+    root = args.runs.resolve() / name
+    corpus = prepare_corpus(dataset, root)
+    config = load_config(args.config, args.overrides, corpus=str(corpus),
+                         run_dir=str(root / "run"))
+    documents = read_documents(dataset)
+    queries, qrels = read_test_set(dataset, args.split)
+    say(f"{name}: {len(documents)} documents; {len(queries)} {args.split} queries "
+        "(evaluation only)")
+    out_json = args.results / f"{name}-{date.today().isoformat()}.json"
+
+    if args.skip_main and out_json.is_file():
+        previous = json.loads(out_json.read_text())
+        main_result, timings = previous["main"], previous["stage_seconds"]
+    else:
+        timings = run_stages(config)
+        main_result = None
+    evaluator = Evaluator(documents, queries, qrels, config.train.base_model,
+                          root / "cache", config.evaluate.batch_size)
+    if main_result is None:
+        main_result = evaluator.score(Path(config.run_dir) / "train" / "model")
+    train_manifest = Manifest.read(Path(config.run_dir) / "train")
+
+    ablation = {}
+    for variant in (VARIANTS if args.ablation == [] else args.ablation or []):
+        overrides = variant_overrides(variant, config)
+        variant_run = root / "ablation" / variant
+        seed_variant(Path(config.run_dir), variant_run)
+        vconfig = load_config(args.config, args.overrides + overrides, corpus=str(corpus),
+                              run_dir=str(variant_run))
+        say(f"ablation {variant}: {overrides}")
+        try:
+            vtimings = run_stages(vconfig, until="train")
+        except Exception as exc:  # one failed variant is reported, the rest still run
+            ablation[variant] = {"overrides": overrides, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        trained = Manifest.read(variant_run / "train")
+        ablation[variant] = {"overrides": overrides, "timings": vtimings,
+                             "train_seconds": trained.seconds,
+                             "training_rows": trained.balances["queries"].n_out,
+                             **evaluator.score(variant_run / "train" / "model")}
+
+    pipeline_minutes = sum(t["seconds"] for t in timings.values()) / 60
+    meta = {"config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
+                          else args.config),
+            "overrides": args.overrides, "documents": len(documents),
+            "pipeline_minutes": round(pipeline_minutes, 1)}
+    table = markdown(name, main_result, ablation, timings, meta)
+    args.results.mkdir(parents=True, exist_ok=True)
+    result = {"dataset": name, "date": date.today().isoformat(), **meta, "main": main_result,
+              "stage_seconds": timings, "training": train_manifest.extra.get("metrics"),
+              "ablation": ablation}
+    out_json.write_text(json.dumps(result, indent=2, sort_keys=True))
+    out_json.with_suffix(".md").write_text(table)
+    print(table)
+    r = main_result["results"]
+    tuned_vs_base = next(c for c in main_result["comparisons"] if c["a"] == "tuned"
+                         and c["b"] == "base")
+    print(json.dumps({
+        "dataset": name, "n_queries": main_result["n_queries"],
+        **{f"ndcg10_{s.replace('-', '_')}": r[s]["nDCG@10"] for s in SYSTEMS},
+        "ratio_vs_base": round(r["tuned"]["nDCG@10"] / r["base"]["nDCG@10"], 4),
+        "ratio_vs_bm25": round(r["tuned"]["nDCG@10"] / r["bm25"]["nDCG@10"], 4),
+        "p_value_tuned_vs_base": tuned_vs_base["p_value"],
+        "pipeline_minutes": meta["pipeline_minutes"],
+        "ablation_ndcg10": {v: a["results"]["tuned"]["nDCG@10"] for v, a in ablation.items()
+                            if "results" in a},
+        "results_file": str(out_json)}))
+
+
+if __name__ == "__main__":
+    main()
