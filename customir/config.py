@@ -384,6 +384,10 @@ class TrainConfig(_Section):
         "with DS_ACCELERATOR=cpu (needs the deepspeed extra).")
     max_steps: int | None = Field(None, description="Stop after this many optimizer steps (a "
                                   "time budget: ~2 rows/s on 2 CPU cores; also smoke tests).")
+    checkpoint_storage: str | None = Field(
+        None, description="Where checkpoints go while training: a local folder or a cloud URI "
+        "(s3://bucket/prefix, gs://..., S3 options in the query string) read and written "
+        "through pyarrow filesystems; None: RUN_DIR/.ray. A rerun resumes from it.")
     query_kinds: list[str] | None = Field(
         None, description="Train only on queries of these kinds (e.g. [title, heading] for "
         "structural pairs only; None: every kind). Left-out queries are counted, not lost.")

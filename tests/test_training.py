@@ -15,6 +15,7 @@ import pytest
 
 from customir.config import (GenerateConfig, IngestConfig, LLMConfig, MineConfig, TrainConfig,
                              VerifyConfig)
+from customir import storage
 from customir.corpus import ingest
 from customir.manifest import Manifest
 from customir.negatives import mine, verify
@@ -130,12 +131,33 @@ def test_deepspeed_zero2_on_two_cpu_workers(triples, tmp_path):
     assert (out / trainer.MODEL_DIR / "config.json").is_file()
 
 
-def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path):
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A real S3 API on 127.0.0.1 (moto's server) with one bucket; returns its URI prefix."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                      allow_bucket_creation=True).create_dir("checkpoints")
+    yield f"s3://checkpoints/runs?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    server.stop()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, where, request):
     out = tmp_path / "run"
     out.mkdir()
     for name in ("triples", "chunks"):
         (out / name).symlink_to(triples / name)
     settings = {**SMALL, "eval_steps": 3, "max_steps": 15, "patience": None}  # 4 x 3 < 15
+    if where == "s3":
+        settings["checkpoint_storage"] = request.getfixturevalue("s3_bucket")
     script = (
         "import sys; from customir.config import TrainConfig; from customir.train import trainer;"
         f"trainer.run({str(out / 'triples')!r}, {str(out / 'chunks')!r}, {str(out)!r}, "
@@ -143,20 +165,25 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray cluster, killed with it
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    storage = out / ".ray" / TrainConfig(**settings).config_hash()
+    config = TrainConfig(**settings)
+    location = storage.join(settings.get("checkpoint_storage") or out / ".ray",
+                            config.config_hash())
     deadline = time.monotonic() + 300
-    while not trainer.latest_checkpoint(storage):
+    while not trainer.latest_checkpoint(location):
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "train").exists()  # nothing published by the killed run
-    manifest = trainer.run(out / "triples", out / "chunks", out, TrainConfig(**settings))
-    metrics = manifest.extra["metrics"]
+    if where == "s3":
+        assert not (out / ".ray").exists()  # the checkpoints went to the bucket only
+    rerun = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    metrics = Manifest.read(out / "train").extra["metrics"]
     assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 15
-    assert not storage.exists()  # checkpoints are removed once the model is published
-    assert Manifest.read(out / "train").extra["metrics"] == metrics
+    assert not storage.exists(location)  # checkpoints are removed once the model is published
 
 
 def test_deepspeed_asked_for_but_missing_is_one_clear_error(tmp_path, monkeypatch):

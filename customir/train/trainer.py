@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from customir import storage
 from customir.config import RayConfig, TrainConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.runtime import ray_session
@@ -134,7 +135,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=train_rows, evaluator=evaluator,
             loss=make_loss(model, cfg, guide), callbacks=callbacks)
-        resume = resume_point(ray.train.get_checkpoint(), loop_config.get("resume_from"))
+        resume = resume_point(ray.train.get_checkpoint(), loop_config.get("resume_from"),
+                              Path(scratch))
         resumed_from = resumed_step(resume)  # read now: Ray prunes old checkpoints as it goes
         training = time.time()
         output = trainer.train(resume_from_checkpoint=resume)
@@ -183,36 +185,50 @@ def validation_interval(config: TrainConfig, train_rows: Path, batch_size: int) 
     return max(1, min(config.eval_steps, total // 4))
 
 
-def resume_point(ray_checkpoint, fallback: str | None) -> str | None:
-    """The Hugging Face checkpoint folder to resume from: Ray Train's latest reported one, else
-    the newest left in the storage path by an interrupted earlier run (``fallback``)."""
+def resume_point(ray_checkpoint, fallback: str | None, scratch: Path) -> str | None:
+    """The local Hugging Face checkpoint folder to resume from: Ray Train's latest reported one,
+    else the newest left in the storage location by an interrupted earlier run (``fallback``);
+    checkpoints in cloud storage are downloaded into ``scratch`` first."""
+    import pyarrow.fs as pafs
+
     if ray_checkpoint is not None:
-        folder = Path(ray_checkpoint.path) / "checkpoint"
+        if isinstance(ray_checkpoint.filesystem, pafs.LocalFileSystem):
+            folder = Path(ray_checkpoint.path) / "checkpoint"
+        else:
+            folder = Path(ray_checkpoint.to_directory(str(scratch / "resume"))) / "checkpoint"
         if (folder / "trainer_state.json").is_file():
             return str(folder)
-    return fallback
+    if fallback:
+        return str(storage.download(fallback, scratch / "resume-earlier-run"))
+    return None
 
 
 def resumed_step(resume: str | None) -> int:
     if not resume:
         return 0
-    return int(json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"])
+    state = storage.read_text(storage.join(resume, "trainer_state.json"))
+    return int(json.loads(state)["global_step"])
 
 
-def latest_checkpoint(storage: Path) -> str | None:
+def latest_checkpoint(location: str | Path) -> str | None:
     """The newest Hugging Face checkpoint that an earlier, interrupted run reported into
-    ``storage`` (Ray Train names checkpoint folders by time, so the last name is the newest)."""
-    found = sorted(p for p in storage.glob("train/checkpoint_*/checkpoint")
-                   if (p / "trainer_state.json").is_file())
-    return str(found[-1]) if found else None
+    ``location`` (a local path or a cloud URI; Ray Train names checkpoint folders by time, so
+    the last name is the newest)."""
+    root = storage.join(location, "train")
+    for name in reversed(storage.list_dirs(root)):
+        candidate = storage.join(root, name, "checkpoint")
+        if name.startswith("checkpoint_") and storage.exists(
+                storage.join(candidate, "trainer_state.json")):
+            return candidate
+    return None
 
 
-def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, storage: Path,
+def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location: str,
          ray_config: RayConfig | None, batch_size: int) -> tuple[dict, Path]:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resume = latest_checkpoint(storage)
+    resume = latest_checkpoint(location)
     if resume:
         log(f"train: resuming from {resume} (step {resumed_step(resume)})")
     with ray_session(ray_config):
@@ -220,6 +236,9 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, storage: 
 
         cpus = config.cpus_per_worker or max(
             1, int(ray.cluster_resources().get("CPU", 1)) // config.num_workers)
+        filesystem, path = storage.resolve(location)
+        if not storage.is_uri(location):
+            filesystem = None  # Ray Train's own local handling
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"train": config.model_dump(mode="json"),
@@ -232,7 +251,7 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, storage: 
             scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                          resources_per_worker={"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-            run_config=RunConfig(storage_path=str(storage), name="train",
+            run_config=RunConfig(storage_path=path, storage_filesystem=filesystem, name="train",
                                  checkpoint_config=CheckpointConfig(num_to_keep=3)),
         )
         result = trainer.fit()
@@ -294,8 +313,10 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         if batch_size < config.batch_size:
             log(f"train: the {sizes['train']} rows fill batches of at most {batch_size} distinct "
                 f"texts; batch size lowered from {config.batch_size}")
-        storage = run_dir / ".ray" / config.config_hash()  # a resume must match the settings
-        metrics, final = _fit(config, paths["train"], paths.get("validation"), storage,
+        # a resume must match the settings: one checkpoint folder per settings hash
+        location = storage.join(config.checkpoint_storage or run_dir / ".ray",
+                                config.config_hash())
+        metrics, final = _fit(config, paths["train"], paths.get("validation"), location,
                               ray_config, batch_size)
         if not metrics.get("steps"):
             raise RuntimeError(f"training made no optimizer step ({sizes['train']} rows, "
@@ -313,7 +334,7 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
                                "batch_size": batch_size,
                                "documents_per_split": dict(Counter(split_of.values())),
                                "base_model": config.base_model})
-    shutil.rmtree(storage, ignore_errors=True)  # checkpoints are only for resuming this run
+    storage.delete_dir(location)  # checkpoints are only for resuming this run
     log(f"train: done {metrics}")
     return manifest
 

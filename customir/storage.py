@@ -1,0 +1,89 @@
+"""Local paths and cloud URIs behind one small API, on pyarrow filesystems.
+
+A location is either a local path or a URI that ``pyarrow.fs.FileSystem.from_uri`` understands:
+``s3://bucket/prefix``, ``gs://bucket/prefix``, ``hdfs://…``, ``file:///…``. S3 options ride in
+the query string (``s3://bucket/p?endpoint_override=host:9000&scheme=http&region=us-east-1``, for
+MinIO or any S3-compatible store); credentials come from the environment (``AWS_*``, the
+instance role, ``GOOGLE_APPLICATION_CREDENTIALS``), never from the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+
+def is_uri(location: str | Path) -> bool:
+    """
+    >>> is_uri("s3://bucket/x"), is_uri("/tmp/x"), is_uri(Path("runs"))
+    (True, False, False)
+    """
+    return "://" in str(location)
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """Append path parts, keeping a URI's query string (its filesystem options) at the end.
+
+    >>> join("s3://b/ckpt?scheme=http", "abc", "train")
+    's3://b/ckpt/abc/train?scheme=http'
+    >>> join("/runs/x", "abc")
+    '/runs/x/abc'
+    """
+    if not is_uri(location):
+        return str(Path(location, *parts))
+    split = urlsplit(str(location))
+    path = "/".join([split.path.rstrip("/"), *(p.strip("/") for p in parts)])
+    return urlunsplit((split.scheme, split.netloc, path, split.query, split.fragment))
+
+
+def resolve(location: str | Path):
+    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(location).resolve())
+    return pafs.FileSystem.from_uri(str(location))
+
+
+def list_dirs(location: str | Path) -> list[str]:
+    """Names of the folders directly under ``location`` (none if it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def exists(location: str | Path) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_text(location: str | Path) -> str:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
+
+
+def download(location: str | Path, local_dir: str | Path) -> Path:
+    """Copy a folder to a local one (a local folder is returned as it is, not copied)."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(location):
+        return Path(location)
+    fs, path = resolve(location)
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(local_dir), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return Path(local_dir)
+
+
+def delete_dir(location: str | Path) -> None:
+    """Remove a folder and everything in it; a missing folder is fine."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
