@@ -249,12 +249,19 @@ def markdown(dataset: str, main: dict, ablation: dict[str, dict], timings: dict,
                     f"p = {c['p_value']:.4f} ({verdict[c['p_value'] < 0.05]} at 0.05)"
                     for c in main["comparisons"]), "",
               "| stage | seconds | this invocation |", "|---|---|---|",
-              *(f"| {s} | {t['seconds']:.1f} | {'ran' if t['ran_now'] else 'reused'} |"
-                for s, t in timings.items()), ""]
+              *(f"| {s} | {timings[s]['seconds']:.1f} "
+                f"| {'ran' if timings[s]['ran_now'] else 'reused'} |"
+                for s in STAGES if s in timings), ""]
     if ablation:
         lines += ["## Ablation (one factor per row; tuned model unless noted)", "",
                   "| variant | overrides | tuned nDCG@10 | Δ vs base (p) | R@100 | hybrid nDCG@10 "
                   "| train s | training rows |", "|---|---|---|---|---|---|---|---|"]
+        r = main["results"]
+        c = next(c for c in main["comparisons"] if (c["a"], c["b"]) == ("tuned", "base"))
+        lines.append(f"| main | (main config) | {r['tuned']['nDCG@10']:.4f} | {c['delta']:+.4f} "
+                     f"({c['p_value']:.3f}) | {r['tuned']['Recall@100']:.4f} "
+                     f"| {r['hybrid']['nDCG@10']:.4f} | {timings['train']['seconds']:.0f} "
+                     f"| {meta.get('training_rows', '')} |")
         for name, v in ablation.items():
             if "error" in v:
                 lines.append(f"| {name} | {' '.join(v['overrides'])} | failed: {v['error']} "
@@ -302,9 +309,11 @@ def main() -> None:
         "(evaluation only)")
     out_json = args.results / f"{name}-{date.today().isoformat()}.json"
 
+    ablation: dict[str, dict] = {}
     if args.skip_main and out_json.is_file():
         previous = json.loads(out_json.read_text())
         main_result, timings = previous["main"], previous["stage_seconds"]
+        ablation = previous.get("ablation", {})  # earlier variants stay; rerun ones are replaced
     else:
         timings = run_stages(config)
         main_result = None
@@ -314,7 +323,6 @@ def main() -> None:
         main_result = evaluator.score(Path(config.run_dir) / "train" / "model")
     train_manifest = Manifest.read(Path(config.run_dir) / "train")
 
-    ablation = {}
     for variant in (VARIANTS if args.ablation == [] else args.ablation or []):
         overrides = variant_overrides(variant, config)
         variant_run = root / "ablation" / variant
@@ -337,7 +345,8 @@ def main() -> None:
     meta = {"config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
                           else args.config),
             "overrides": args.overrides, "documents": len(documents),
-            "pipeline_minutes": round(pipeline_minutes, 1)}
+            "pipeline_minutes": round(pipeline_minutes, 1),
+            "training_rows": train_manifest.balances["queries"].n_out}
     table = markdown(name, main_result, ablation, timings, meta)
     args.results.mkdir(parents=True, exist_ok=True)
     result = {"dataset": name, "date": date.today().isoformat(), **meta, "main": main_result,
