@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from datetime import date
 from pathlib import Path
 
@@ -38,9 +37,7 @@ from common import ROOT, logger  # noqa: E402  (sets up sys.path and env)
 
 say = logger("beir-bench")
 
-STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate")
-STAGE_FOLDERS = {"ingest": "chunks", "generate": "queries", "mine": "candidates",
-                 "verify": "triples", "train": "train", "evaluate": "evaluation"}
+STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate")  # export is not judged
 SYSTEMS = ("bm25", "base", "tuned", "hybrid-base", "hybrid")
 K_VALUES = [1, 5, 10, 100]
 STRUCTURAL_KINDS = ["title", "heading", "subject"]
@@ -94,39 +91,22 @@ def read_test_set(dataset: Path, split: str) -> tuple[dict[str, str], dict]:
 
 # -- the pipeline ---------------------------------------------------------------------------------
 def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
-    """Run the stages in order up to ``until``; per stage: seconds (from its manifest: the whole
-    stage, possibly in an earlier invocation) and whether this invocation ran it."""
-    from customir.corpus import ingest
-    from customir.evaluate import evaluate
+    """The pipeline up to ``until``; per stage: seconds (from its manifest: the whole stage,
+    possibly run by an earlier invocation) and whether this invocation ran it."""
     from customir.manifest import Manifest
-    from customir.negatives import mine, verify
-    from customir.queries import generate
-    from customir.runtime import ray_session
-    from customir.train import trainer
+    from customir.pipeline import STAGE_FOLDERS, STAGES, run_pipeline
 
-    run = Path(config.run_dir)
-    calls = {
-        "ingest": lambda: ingest.run(config.corpus, run, config.ingest, config.train),
-        "generate": lambda: generate.run(run / "chunks", run, config.generate),
-        "mine": lambda: mine.run(run / "queries", run / "chunks", run, config.mine),
-        "verify": lambda: verify.run(run / "candidates", run / "chunks", run, config.verify),
-        "train": lambda: trainer.run(run / "triples", run / "chunks", run, config.train,
-                                     config.ray),
-        "evaluate": lambda: evaluate.run(run / "chunks", run / "triples", run / "train", run,
-                                         config.evaluate, config.train.base_model, config.mine),
-    }
     stages = STAGES[:STAGES.index(until) + 1]
+    run = Path(config.run_dir)
+    before = {stage: _finished_at(run / STAGE_FOLDERS[stage]) for stage in stages}
+    invocation = run_pipeline(config, serve_check=False, until=until)["timings"]
     timings = {}
-    with ray_session(config.ray):
-        for stage in stages:
-            folder = run / STAGE_FOLDERS[stage]
-            before = _finished_at(folder)
-            started = time.monotonic()
-            manifest = calls[stage]()
-            ran = Manifest.read(folder).finished_at != before
-            timings[stage] = {"seconds": round(manifest.seconds, 1), "ran_now": ran,
-                              "invocation_seconds": round(time.monotonic() - started, 1)}
-            say(f"{stage}: {'ran' if ran else 'reused'} ({manifest.seconds:.1f} s)")
+    for stage in stages:
+        manifest = Manifest.read(run / STAGE_FOLDERS[stage])
+        ran = manifest.finished_at != before[stage]
+        timings[stage] = {"seconds": round(manifest.seconds, 1), "ran_now": ran,
+                          "invocation_seconds": invocation[stage]}
+        say(f"{stage}: {'ran' if ran else 'reused'} ({manifest.seconds:.1f} s)")
     return timings
 
 

@@ -15,8 +15,17 @@ from customir.manifest import log
 from customir.runtime import ray_session
 
 
-def run_pipeline(config: PipelineConfig, *, serve_check: bool = True) -> dict:
-    """Run every stage; return {stage: seconds} and the serving check's figures."""
+STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate", "export")
+# the folder under run_dir that each stage writes
+STAGE_FOLDERS = {"ingest": "chunks", "generate": "queries", "mine": "candidates",
+                 "verify": "triples", "train": "train", "evaluate": "evaluation",
+                 "export": "export"}
+
+
+def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
+                 until: str = "export") -> dict:
+    """Run every stage (or those up to ``until``); return {stage: seconds}, the serving check's
+    figures and the evaluation summary."""
     from customir.corpus import ingest
     from customir.evaluate import evaluate
     from customir.export import onnx
@@ -26,29 +35,37 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True) -> dict:
 
     if not config.corpus:
         raise ConfigError("the config names no corpus folder (corpus: PATH)")
+    if until not in STAGES:
+        raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     run = Path(config.run_dir)
+    calls = {
+        "ingest": lambda: ingest.run(config.corpus, run, config.ingest, config.train),
+        "generate": lambda: generate.run(run / "chunks", run, config.generate),
+        "mine": lambda: mine.run(run / "queries", run / "chunks", run, config.mine),
+        "verify": lambda: verify.run(run / "candidates", run / "chunks", run, config.verify),
+        "train": lambda: trainer.run(run / "triples", run / "chunks", run, config.train,
+                                     config.ray),
+        "evaluate": lambda: evaluate.run(run / "chunks", run / "triples", run / "train", run,
+                                         config.evaluate, config.train.base_model, config.mine),
+        "export": lambda: onnx.run(run / "train" / trainer.MODEL_DIR, run / "chunks", run,
+                                   config.export, run / "triples", run / "train"),
+    }
     timings: dict[str, float] = {}
-
-    def timed(name, fn, *args, **kwargs):
-        started = time.monotonic()
-        result = fn(*args, **kwargs)
-        timings[name] = round(time.monotonic() - started, 1)
-        return result
-
+    manifests = {}
     with ray_session(config.ray):
-        timed("ingest", ingest.run, config.corpus, run, config.ingest, config.train)
-        timed("generate", generate.run, run / "chunks", run, config.generate)
-        timed("mine", mine.run, run / "queries", run / "chunks", run, config.mine)
-        timed("verify", verify.run, run / "candidates", run / "chunks", run, config.verify)
-        timed("train", trainer.run, run / "triples", run / "chunks", run, config.train)
-        evaluation = timed("evaluate", evaluate.run, run / "chunks", run / "triples",
-                           run / "train", run, config.evaluate, config.train.base_model,
-                           config.mine)
-        timed("export", onnx.run, run / "train" / trainer.MODEL_DIR, run / "chunks", run,
-              config.export, run / "triples", run / "train")
-        check = timed("serve_check", check_serving, run / "export", config) if serve_check else None
+        for stage in STAGES[:STAGES.index(until) + 1]:
+            started = time.monotonic()
+            manifests[stage] = calls[stage]()
+            timings[stage] = round(time.monotonic() - started, 1)
+        check = None
+        if serve_check and until == "export":
+            started = time.monotonic()
+            check = check_serving(run / "export", config)
+            timings["serve_check"] = round(time.monotonic() - started, 1)
     log(f"run finished: {timings}")
-    return {"timings": timings, "serve_check": check, "evaluation": evaluation.extra["sets"]}
+    evaluation = manifests.get("evaluate")
+    return {"timings": timings, "serve_check": check,
+            "evaluation": evaluation.extra["sets"] if evaluation else None}
 
 
 def check_serving(export_dir: Path, config: PipelineConfig) -> dict:

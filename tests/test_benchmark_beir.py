@@ -61,3 +61,14 @@ def test_beir_benchmark_runs_the_pipeline_and_scores_every_system(tmp_path):
     table = Path(figures["results_file"]).with_suffix(".md").read_text()
     assert "| hybrid-base |" in table and "| structural_only |" in table
     assert "| stage | seconds | this invocation |" in done.stdout
+
+
+def test_a_folder_that_is_not_beir_is_one_clear_line(tmp_path):
+    (tmp_path / "notbeir").mkdir()
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "notbeir"),
+                           "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].endswith("notbeir: no corpus.jsonl (not a BEIR "
+                                                         "folder)")
+    assert "Traceback" not in done.stderr

@@ -203,3 +203,11 @@ def test_query_kinds_that_match_nothing_fail_before_training(triples, tmp_path):
                                          r"\d+ queries \(kinds present: \{'title': \d+\}\)"):
         _train(triples, tmp_path, query_kinds=["claim"])
     assert not (tmp_path / "run" / "train").exists()
+
+
+def test_an_unusable_checkpoint_storage_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"train.checkpoint_storage 'nosuchfs://bucket/x' is "
+                                         r"not a usable location"):
+        trainer.run(tmp_path / "triples", tmp_path / "chunks", tmp_path,
+                    TrainConfig(checkpoint_storage="nosuchfs://bucket/x"))
+    assert not (tmp_path / "train").exists()

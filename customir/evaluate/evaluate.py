@@ -193,8 +193,6 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     return manifest
 
 
-STAGE_FOLDERS = (("ingest", "chunks"), ("generate", "queries"), ("mine", "candidates"),
-                 ("verify", "triples"), ("train", "train"))
 N_EXAMPLES, MAX_SCORED_QUERIES = 10, 500
 
 
@@ -205,8 +203,11 @@ def report_details(run_dir: Path, test: TestSet, models: dict, cache: dict,
     model (on held-out queries where the split has enough)."""
     import random
 
+    from customir.pipeline import STAGE_FOLDERS, STAGES
+
     manifests = {}
-    for stage, folder in STAGE_FOLDERS:
+    for stage in STAGES[:STAGES.index("train") + 1]:  # the stages before this one
+        folder = STAGE_FOLDERS[stage]
         try:
             manifests[stage] = Manifest.read(run_dir / folder)
         except (OSError, ValueError, KeyError, TypeError):
@@ -283,11 +284,12 @@ def _clip(text: str, n: int) -> str:
 def training_data_summary(run_dir: Path) -> dict:
     """What the model was trained on, from the stage manifests: queries per kind, mining and
     verification counts (the share of checked candidates the LLM dropped as false negatives)."""
+    from customir.pipeline import STAGE_FOLDERS
+
     summary: dict = {}
-    for stage, folder in (("generate", "queries"), ("mine", "candidates"),
-                          ("verify", "triples"), ("train", "train")):
+    for stage in ("generate", "mine", "verify", "train"):
         try:
-            manifest = Manifest.read(run_dir / folder)
+            manifest = Manifest.read(run_dir / STAGE_FOLDERS[stage])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         summary[stage] = {"balances": {unit: {"in": b.n_in, "out": b.n_out,

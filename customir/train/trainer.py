@@ -273,6 +273,13 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         return done
     started = time.monotonic()  # the manifest records the stage's whole wall time
     require_deepspeed(config)
+    # a resume must match the settings: one checkpoint folder per settings hash
+    location = storage.join(config.checkpoint_storage or run_dir / ".ray", config.config_hash())
+    try:
+        storage.resolve(location)
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"train.checkpoint_storage {config.checkpoint_storage!r} is not a "
+                         f"usable location: {exc}") from None
     chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
     chunk_text = dict(zip(chunks["chunk_id"], chunks["text"]))
     chunk_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"]))
@@ -313,9 +320,6 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         if batch_size < config.batch_size:
             log(f"train: the {sizes['train']} rows fill batches of at most {batch_size} distinct "
                 f"texts; batch size lowered from {config.batch_size}")
-        # a resume must match the settings: one checkpoint folder per settings hash
-        location = storage.join(config.checkpoint_storage or run_dir / ".ray",
-                                config.config_hash())
         metrics, final = _fit(config, paths["train"], paths.get("validation"), location,
                               ray_config, batch_size)
         if not metrics.get("steps"):
