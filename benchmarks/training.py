@@ -2,6 +2,7 @@
 on the same rows, in the same run.
 
     python benchmarks/training.py [--rows 512] [--batch-size 32] [--max-seq-length 128]
+                                  [--rounds 2]
 
 Rows are SciFact-derived (title → abstract, one BM25 hard negative from bm25s, the abstract's own
 document excluded); no test query is read. Both sides train MiniLM for one epoch with the same
@@ -13,7 +14,10 @@ loss (MNRL, no-duplicates batches), batch size, sequence length, learning rate a
   (Ray Train's start-up included);
 - plain: ``SentenceTransformerTrainer`` in this process, timed from model load to saved model.
 
-The last line is one JSON object with ``ratio_vs_plain_trainer`` (ray samples/s / plain samples/s).
+Each side runs ``--rounds`` times (default 2), alternated plain-ray, ray-plain, … with the Ray
+cluster up throughout, because one run per side varies by ±10 % between runs on a shared
+2-core machine. The last line is one JSON object with ``ratio_vs_plain_trainer`` (ray samples/s /
+plain samples/s over all rounds).
 """
 
 from __future__ import annotations
@@ -83,11 +87,33 @@ def plain_trainer(rows_path: Path, config) -> tuple[float, int]:
     return time.monotonic() - started, int(output.global_step)
 
 
+def ray_trainer(rows_path: Path, config, work: Path) -> tuple[float, dict]:
+    """(seconds, metrics) of customir's Ray Train path on the same rows, Ray Train's start-up,
+    the final save, report and copy-back included; metrics gain the phases' seconds."""
+    from customir.train import trainer
+
+    started, started_at = time.monotonic(), time.time()
+    metrics, final = trainer._fit(config, rows_path, None, work / "storage", None,
+                                  config.batch_size)
+    seconds = time.monotonic() - started
+    ended_at = time.time()
+    metrics["phases_s"] = {
+        "ray_start_s": metrics["loop_started_at"] - started_at,
+        "worker_setup_s": metrics["training_started_at"] - metrics["loop_started_at"],
+        "train_s": metrics["training_ended_at"] - metrics["training_started_at"],
+        "save_report_copy_s": ended_at - metrics["training_ended_at"]}
+    shutil.rmtree(work / "storage", ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    return seconds, metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs per side, alternated plain-ray, ray-plain, ... (default 2)")
     parser.add_argument("--data", type=Path, default=SCIFACT,
                         help="folder with a BEIR corpus.jsonl (default: SciFact)")
     args = parser.parse_args()
@@ -98,7 +124,6 @@ def main() -> None:
 
     from customir.config import TrainConfig
     from customir.runtime import WORKER_ENV
-    from customir.train import trainer
 
     work = Path(tempfile.mkdtemp(prefix="training-bench-"))
     rows = scifact_rows(args.data, args.rows)
@@ -106,40 +131,48 @@ def main() -> None:
     pq.write_table(pa.Table.from_pylist(rows), rows_path)
     config = TrainConfig(batch_size=args.batch_size, max_seq_length=args.max_seq_length,
                          epochs=1.0, cpus_per_worker=os.cpu_count())
-    say(f"{len(rows)} rows, batch {args.batch_size}, max_seq_length {args.max_seq_length}")
-
-    plain_s, plain_steps = plain_trainer(rows_path, config)
-    say(f"plain: {plain_s:.1f} s, {plain_steps} steps")
+    say(f"{len(rows)} rows, batch {args.batch_size}, max_seq_length {args.max_seq_length}, "
+        f"{args.rounds} rounds")
+    # The cluster is up for both sides, so its idle daemons weigh on both alike; the order
+    # alternates (ABBA...) so that a drift in machine speed does not favour one side.
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": dict(WORKER_ENV)})
-    started, started_at = time.monotonic(), time.time()
-    metrics, final = trainer._fit(config, rows_path, None, work / "storage", None,
-                                  args.batch_size)
-    ray_s = time.monotonic() - started
-    ended_at = time.time()
-    phases = {"ray_start_s": metrics["loop_started_at"] - started_at,
-              "worker_setup_s": metrics["training_started_at"] - metrics["loop_started_at"],
-              "train_s": metrics["training_ended_at"] - metrics["training_started_at"],
-              "save_report_copy_s": ended_at - metrics["training_ended_at"]}
-    say("ray phases: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
-        + f"; worker torch threads {metrics['torch_threads']}, OMP {metrics['omp_num_threads']}")
+    runs = []  # (round, side, seconds, steps, phases)
+    for round_ in range(args.rounds):
+        for side in (("plain", "ray") if round_ % 2 == 0 else ("ray", "plain")):
+            if side == "plain":
+                seconds, steps = plain_trainer(rows_path, config)
+                phases = {}
+            else:
+                seconds, metrics = ray_trainer(rows_path, config, work)
+                steps, phases = metrics["steps"], metrics["phases_s"]
+                say(f"ray parallel mode {metrics['parallel_mode']}, worker torch threads "
+                    f"{metrics['torch_threads']}, OMP {metrics['omp_num_threads']}")
+            say(f"round {round_ + 1} {side}: {seconds:.1f} s, {steps} steps"
+                + (" (" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")"
+                   if phases else ""))
+            runs.append((round_ + 1, side, seconds, steps, phases))
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(final, ignore_errors=True)
-    say(f"ray: {ray_s:.1f} s, {metrics['steps']} steps")
 
     samples = len(rows)
+    total = {side: sum(r[2] for r in runs if r[1] == side) for side in ("plain", "ray")}
+    print(f"{'round':<7}{'side':<7}{'steps':>7}{'seconds':>10}{'samples/s':>11}  ray phases (s)")
+    for round_, side, seconds, steps, phases in runs:
+        print(f"{round_:<7}{side:<7}{steps:>7}{seconds:>10.1f}{samples / seconds:>11.2f}  "
+              + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in phases.items()))
+    for side in ("plain", "ray"):
+        print(f"{'all':<7}{side:<7}{'':>7}{total[side]:>10.1f}"
+              f"{samples * args.rounds / total[side]:>11.2f}")
     figures = {"rows": samples, "batch_size": args.batch_size,
-               "max_seq_length": args.max_seq_length,
-               "plain_seconds": round(plain_s, 1), "plain_steps": plain_steps,
-               "plain_samples_per_s": round(samples / plain_s, 3),
-               "ray_seconds": round(ray_s, 1), "ray_steps": metrics["steps"],
-               "ray_samples_per_s": round(samples / ray_s, 3),
-               "ray_phases_s": {k: round(v, 1) for k, v in phases.items()},
-               "ratio_vs_plain_trainer": round(plain_s / ray_s, 3)}
-    print(f"{'side':<8}{'steps':>7}{'seconds':>10}{'samples/s':>11}")
-    print(f"{'plain':<8}{plain_steps:>7}{plain_s:>10.1f}{samples / plain_s:>11.2f}")
-    print(f"{'ray':<8}{metrics['steps']:>7}{ray_s:>10.1f}{samples / ray_s:>11.2f}")
+               "max_seq_length": args.max_seq_length, "rounds": args.rounds,
+               "plain_seconds": [round(r[2], 1) for r in runs if r[1] == "plain"],
+               "ray_seconds": [round(r[2], 1) for r in runs if r[1] == "ray"],
+               "plain_samples_per_s": round(samples * args.rounds / total["plain"], 3),
+               "ray_samples_per_s": round(samples * args.rounds / total["ray"], 3),
+               "ray_phases_s": [{k: round(v, 1) for k, v in r[4].items()}
+                                for r in runs if r[1] == "ray"],
+               "ratio_vs_plain_trainer": round(total["plain"] / total["ray"], 3)}
     print(json.dumps(figures))
 
 

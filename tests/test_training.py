@@ -105,6 +105,9 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(triples, tmp_path
     losses = [[e["loss"] for e in json.loads((o / trainer.CURVES_FILE).read_text()) if "loss" in e]
               for o in (out_one, out_two)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    # one worker trains without a DDP wrapper; two synchronise their gradients through DDP
+    assert one.extra["metrics"]["parallel_mode"] == "not_parallel"
+    assert two.extra["metrics"]["parallel_mode"] == "distributed"
     a, b = _weights(out_one / trainer.MODEL_DIR), _weights(out_two / trainer.MODEL_DIR)
     base = _weights(Path(__import__("customir.models", fromlist=["x"]).resolve_base_model(
         "all-MiniLM-L6-v2")))
