@@ -49,7 +49,8 @@ def ray_session(config: RayConfig | None = None) -> Iterator[None]:
         num_cpus = config.num_cpus or os.cpu_count() or 1
         log(f"starting a local Ray cluster with {num_cpus} CPUs")
         ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False,
+                 _system_config={"worker_niceness": config.worker_niceness})
     try:
         yield
     finally:

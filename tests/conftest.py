@@ -46,14 +46,11 @@ def fixture_corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for every test that needs Ray (starting one takes ~4 s)."""
-    import ray
+    from customir.config import RayConfig
+    from customir.runtime import ray_session
 
-    from customir.runtime import WORKER_ENV
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": dict(WORKER_ENV)})
-    yield
-    ray.shutdown()
+    with ray_session(RayConfig(num_cpus=2)):
+        yield
 
 
 def free_port() -> int:

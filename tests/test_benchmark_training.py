@@ -26,12 +26,16 @@ def test_alternated_rounds_give_the_ratio_of_total_times(tmp_path):
     lines = done.stdout.strip().splitlines()
     figures = json.loads(lines[-1])
     assert figures["rows"] == 24 and figures["rounds"] == 2
-    assert len(figures["plain_seconds"]) == len(figures["ray_seconds"]) == 2
-    assert figures["ratio_vs_plain_trainer"] == pytest.approx(
-        sum(figures["plain_seconds"]) / sum(figures["ray_seconds"]), rel=0.03)  # rounded
-    for phases in figures["ray_phases_s"]:
+    for kind in ("train", "wall"):
+        plain, ray = figures[f"plain_{kind}_seconds"], figures[f"ray_{kind}_seconds"]
+        assert len(plain) == len(ray) == 2 and min(plain + ray) > 0
+        ratio = figures["ratio_vs_plain_trainer" + ("_wall" if kind == "wall" else "")]
+        assert ratio == pytest.approx(sum(plain) / sum(ray), rel=0.03)  # seconds are rounded
+    for phases, train_s, wall_s in zip(figures["ray_phases_s"], figures["ray_train_seconds"],
+                                       figures["ray_wall_seconds"]):
         assert set(phases) == {"ray_start_s", "worker_setup_s", "train_s", "save_report_copy_s"}
-        assert phases["train_s"] > 0
+        assert phases["train_s"] == train_s < wall_s
+        assert sum(phases.values()) == pytest.approx(wall_s, abs=0.5)
     # the readable table comes first: one line per run, then the totals
     assert sum(line.split()[:1] in (["1"], ["2"]) for line in lines) == 4
     assert "ray parallel mode not_parallel" in done.stderr

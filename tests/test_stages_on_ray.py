@@ -123,3 +123,16 @@ def test_mining_backends_share_one_index_per_run(run_dir, backend):
 def test_a_stage_run_on_the_wrong_folder_names_the_missing_columns(run_dir):
     with pytest.raises(SchemaError, match="missing columns"):
         mine.run(run_dir / "chunks", run_dir / "chunks", run_dir, MineConfig())
+
+
+def test_local_cluster_workers_are_not_deprioritised(ray_cluster):
+    import os
+
+    import ray
+
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    # Ray's own default is 15; the cluster customir starts runs its workers at RayConfig's 0
+    assert ray.get(niceness.remote()) == 0
