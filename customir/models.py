@@ -48,12 +48,14 @@ def load_tokenizer(model_dir: str):
     return tokenizer
 
 
-def load_sentence_transformer(name_or_path: str | Path, device: str = "cpu"):
-    """Load a local model: no network, no remote code, and weights from safetensors only
-    (a pickled ``pytorch_model.bin`` could run code when loaded)."""
+def load_sentence_transformer(name_or_path: str | Path, device: str = "cpu",
+                              trust_remote_code: bool = False):
+    """Load a local model: no network, no code shipped with the model unless
+    ``trust_remote_code`` (``train.trust_remote_code`` in the config), and weights from
+    safetensors only (a pickled ``pytorch_model.bin`` could run code when loaded)."""
     offline_environment()
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(resolve_base_model(str(name_or_path))), device=device,
-                               trust_remote_code=False, local_files_only=True,
+                               trust_remote_code=trust_remote_code, local_files_only=True,
                                model_kwargs={"use_safetensors": True})

@@ -29,3 +29,40 @@ def test_unknown_model_is_never_downloaded(tmp_path):
     with pytest.raises(FileNotFoundError, match="models are never downloaded"):
         resolve_base_model("sentence-transformers/all-mpnet-base-v2")
     shutil.rmtree(tmp_path)
+
+
+def _model_with_code(tmp_path):
+    """A copy of MiniLM whose config points AutoModel at Python code shipped in the folder;
+    the code leaves a file behind when it runs."""
+    import json
+
+    folder = tmp_path / "with-code"
+    shutil.copytree(resolve_base_model("all-MiniLM-L6-v2"), folder)
+    ran = tmp_path / "code-ran"
+    (folder / "modeling_planted.py").write_text(
+        "from pathlib import Path\n"
+        "from transformers import BertModel\n"
+        f"Path({str(ran)!r}).write_text('ran')\n"
+        "class PlantedModel(BertModel):\n"
+        "    pass\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_planted.PlantedModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, ran
+
+
+def test_code_shipped_with_a_model_runs_only_when_the_config_allows_it(tmp_path):
+    folder, ran = _model_with_code(tmp_path)
+    try:
+        load_sentence_transformer(folder)
+    except ValueError as exc:  # transformers may refuse outright instead of ignoring the code
+        assert "trust_remote_code" in str(exc)
+    assert not ran.exists()
+    model = load_sentence_transformer(folder, trust_remote_code=True)
+    assert ran.exists() and type(model[0].auto_model).__name__ == "PlantedModel"
+
+
+def test_trust_remote_code_is_off_unless_configured():
+    from customir.config import PipelineConfig
+
+    assert PipelineConfig().train.trust_remote_code is False

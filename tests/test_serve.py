@@ -198,3 +198,89 @@ def test_cli_serves_a_run_folder_and_prints_a_curl_example(exported, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 0
+
+
+# --- hardening: a second application next to the module's server, with its own limits ---
+
+LONG_TEXT = " ".join(f"glucose{i} insulin pancreas secretion regulation" for i in range(60))
+
+
+def _deploy(exported, server, name, **settings):
+    """Deploy ``exported`` as another application at /<name>; return its /v1 URL."""
+    from ray import serve
+
+    config = ServeConfig(model_name="test-embed", **settings)
+    serve.run(app.build_app(exported / "export", config), name=name, route_prefix=f"/{name}")
+    return server[0].removesuffix("/v1") + f"/{name}/v1"
+
+
+def _big(n=128):
+    return {"input": [f"{i} {LONG_TEXT}" for i in range(n)]}
+
+
+def test_an_overloaded_server_answers_503_with_retry_after_at_once(exported, server):
+    from ray import serve
+
+    url = _deploy(exported, server, "overload", max_ongoing_requests=1, max_queued_requests=1,
+                  overload_retry_after_s=2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(lambda _: _post(url, _big(), key=None), range(6)))
+        codes = sorted(r.status_code for r in replies)
+        assert codes.count(503) >= 2 and set(codes) <= {200, 503}, [r.text[:300] for r in replies]
+        refused = [r for r in replies if r.status_code == 503]
+        assert all(r.headers.get("retry-after") == "2" for r in refused)
+        assert all(r.elapsed.total_seconds() < 2 for r in refused)  # refused, not queued
+        answered = [r for r in replies if r.status_code == 200]
+        assert answered and all(len(r.json()["data"]) == 128 for r in answered)
+        assert _post(url, {"input": "after the rush"}, key=None).status_code == 200
+    finally:
+        serve.delete("overload")
+
+
+def test_a_request_over_the_time_limit_gets_408_and_the_server_goes_on(exported, server):
+    from ray import serve
+
+    url = _deploy(exported, server, "slow", request_timeout_s=0.05)
+    try:
+        reply = _post(url, _big(256), key=None)
+        assert reply.status_code == 408, reply.text
+        assert reply.json()["error"]["code"] == "timeout"
+        assert httpx.get(f"{url.removesuffix('/v1')}/health", timeout=10).status_code == 200
+    finally:
+        serve.delete("slow")
+
+
+def test_shutdown_finishes_the_requests_in_flight(exported, server):
+    import threading
+    import time
+
+    from ray import serve
+
+    url = _deploy(exported, server, "drain", graceful_shutdown_timeout_s=30)
+    result = {}
+    sender = threading.Thread(target=lambda: result.update(reply=_post(url, _big(384),
+                                                                       key=None)))
+    sender.start()
+    time.sleep(0.5)  # the request is being encoded
+    serve.delete("drain")  # returns once the replica has shut down
+    sender.join(timeout=60)
+    reply = result["reply"]
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["data"]) == 384
+    assert _post(url, {"input": "gone"}, key=None).status_code == 404  # the app is gone
+
+
+def test_a_request_larger_than_the_batch_is_split_and_keeps_its_order(exported, server):
+    from ray import serve
+
+    url = _deploy(exported, server, "wide", max_batch_size=4)
+    try:
+        texts = [f"sentence {i} about {'insulin' if i % 2 else 'glucose'}" for i in range(10)]
+        reply = _post(url, {"input": texts}, key=None)
+        assert reply.status_code == 200, reply.text
+        served = np.array([d["embedding"] for d in reply.json()["data"]])
+        expected = load_encoder(exported / "export", EncoderBackend.onnx).encode(texts)
+        assert np.allclose(served, expected, atol=1e-5)
+    finally:
+        serve.delete("wide")

@@ -146,7 +146,7 @@ def _score(runs: dict, qrels: Qrels, config: EvaluateConfig) -> dict:
 
 def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
         run_dir: str | Path, config: EvaluateConfig, base_model: str,
-        mine_config: MineConfig | None = None) -> Manifest:
+        mine_config: MineConfig | None = None, trust_remote_code: bool = False) -> Manifest:
     chunks_dir, triples_dir, train_dir = Path(chunks_dir), Path(triples_dir), Path(train_dir)
     out = Path(run_dir) / "evaluation"
     inputs = {"chunks": fingerprint(chunks_dir), "triples": fingerprint(triples_dir),
@@ -159,8 +159,9 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     started = time.monotonic()  # the manifest records the stage's whole wall time
     test = synthetic_test_set(chunks_dir, triples_dir, train_dir)
     corpus = test.corpus
-    models = {"base": load_sentence_transformer(base_model),
-              "tuned": load_sentence_transformer(train_dir / MODEL_DIR)}
+    models = {"base": load_sentence_transformer(base_model, trust_remote_code=trust_remote_code),
+              "tuned": load_sentence_transformer(train_dir / MODEL_DIR,
+                                                 trust_remote_code=trust_remote_code)}
     bm25 = BM25Index(list(corpus.values()), (mine_config or MineConfig()).stemmer)
     k = max(config.k_values)
     log(f"evaluate: encoding {len(corpus)} chunks with base and tuned models")

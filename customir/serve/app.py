@@ -6,12 +6,16 @@ requests) and replicas autoscale between ``min_replicas`` and ``max_replicas`` a
 from the config. The server binds 127.0.0.1 unless told otherwise.
 
 Bad requests always get an OpenAI-shaped error with a 4xx code: 400 (invalid input, malformed
-JSON, limits), 401 (API key), 404 (unknown model), 413 (body too large). A 500 means a fault of
-the server itself, never of the request.
+JSON, limits), 401 (API key), 404 (unknown model), 408 (not answered within
+``request_timeout_s``), 413 (body too large). An overloaded server (``max_queued_requests``
+waiting) answers 503 with ``Retry-After`` at once; on shutdown or downscaling a replica finishes
+its in-flight requests (``graceful_shutdown_timeout_s``). A 500 means a fault of the server
+itself, never of the request.
 
     customir serve runs/demo --port 8000
 """
 
+import asyncio
 import hmac
 import os
 import time
@@ -49,6 +53,7 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from ray import serve
+    from ray.serve.config import BackpressureConfig
 
     app = FastAPI(title="customir embeddings")
 
@@ -92,7 +97,12 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
                             "max_replicas": config.max_replicas,
                             "target_ongoing_requests": config.target_ongoing_requests},
         ray_actor_options={"num_cpus": 1},
-        max_ongoing_requests=64,
+        max_ongoing_requests=config.max_ongoing_requests,
+        # a bounded queue: past it the proxy answers 503 + Retry-After at once
+        max_queued_requests=config.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503,
+                                               retry_after_s=config.overload_retry_after_s),
+        graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s,
     )
     @serve.ingress(app)
     class EmbeddingServer:
@@ -123,7 +133,17 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
         async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
             texts = validate_request(request, self.config.model_name, self.encoder.dimension,
                                      self.config.max_input_items, self.config.max_input_chars)
-            vectors = await self._encode_batch(texts)
+            # @serve.batch refuses an item larger than its batch: a request with more inputs
+            # than max_batch_size goes in as several items (batched with other requests')
+            size = self.config.max_batch_size
+            parts = [self._encode_batch(texts[i:i + size]) for i in range(0, len(texts), size)]
+            try:
+                done = await asyncio.wait_for(asyncio.gather(*parts),
+                                              self.config.request_timeout_s)
+                vectors = [v for part in done for v in part]
+            except asyncio.TimeoutError:
+                raise RequestError(f"request timed out after {self.config.request_timeout_s} s",
+                                   status=408, code="timeout") from None
             tokens = self.encoder.count_tokens(texts)
             return EmbeddingResponse(
                 data=[Embedding(index=i, embedding=encode_embedding(v, request.encoding_format))
@@ -155,7 +175,8 @@ def start(model: str | Path, config: ServeConfig) -> str:
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
             raise ValueError(f"serve.api_key_env names {config.api_key_env}, which is not set")
-    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.start(http_options={"host": config.host, "port": config.port,
+                              "request_timeout_s": config.request_timeout_s})
     serve.run(build_app(model_dir, config, api_key), name=APP_NAME, route_prefix="/")
     url = f"http://{config.host}:{config.port}/v1"
     log(f"serve: {config.model_name} ({config.backend.value}) at {url}/embeddings")

@@ -91,13 +91,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     offline_environment()
     torch.set_num_threads(loop_config["threads"])
     device = "cuda" if cfg.use_gpu else "cpu"
-    model = load_sentence_transformer(cfg.base_model, device=device)
+    model = load_sentence_transformer(cfg.base_model, device=device,
+                                      trust_remote_code=cfg.trust_remote_code)
     model.max_seq_length = cfg.max_seq_length
     if cfg.dropout is not None:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = cfg.dropout
-    guide = (load_sentence_transformer(cfg.base_model, device=device)
+    guide = (load_sentence_transformer(cfg.base_model, device=device,
+                                       trust_remote_code=cfg.trust_remote_code)
              if cfg.loss.value == "gist" else None)
     train_rows = Dataset.from_parquet(loop_config["train_rows"])
     if cfg.query_prefix or cfg.passage_prefix:
