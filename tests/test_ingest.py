@@ -1,6 +1,8 @@
 """Ingest: every format, every bad input as a counted skip with its reason, balances hold."""
 
 import json
+import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -44,6 +46,7 @@ def _write_messy_corpus(root):
                                    "## Install\n\nRun the installer and follow every prompt.\n")
     (root / "sub" / "note.txt").write_text("A plain text note about quarterly revenue growth.\n")
     (root / "page.html").write_text("<html><head><title>Page</title><script>var x=1;</script>"
+                                    "<style>p { color: crimson; }</style>"
                                     "</head><body><h1>Page</h1><p>Hypertext content about "
                                     "network routing tables.</p></body></html>")
     records = [
@@ -60,6 +63,9 @@ def _write_messy_corpus(root):
     (root / "binary.txt").write_bytes(b"\x00\x01\x02binary")
     (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (root / "image.png").write_bytes(b"\x89PNG....")
+    executable = Path(sys.executable).resolve().read_bytes()[:65536]  # an ELF program
+    (root / "tool").write_bytes(executable)
+    (root / "tool.txt").write_bytes(executable)                     # named like text
     (root / "empty.md").write_text("   \n\n")
     (root / ".hidden.txt").write_text("secret")
     (root / "tiny.txt").write_text("ok")
@@ -104,7 +110,7 @@ def test_messy_folder_counts_every_input(tmp_path):
     manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
     docs, chunks = manifest.balances["documents"], manifest.balances["chunks"]
     assert docs.skipped == {"invalid_json": 1, "no_text_field": 1, "duplicate_doc_id": 1,
-                            "not_an_object": 1, "binary_file": 1, "unsupported_format": 1,
+                            "not_an_object": 1, "binary_file": 2, "unsupported_format": 2,
                             "empty_text": 2, "hidden_file": 1, "unreadable_parquet": 1,
                             "unreadable_pdf": 1, "symlinked_directory": 1, "outside_corpus": 1,
                             "broken_symlink": 1}
@@ -124,6 +130,7 @@ def test_messy_folder_counts_every_input(tmp_path):
     assert rows["guide.md#0"]["title"] == "Guide" and rows["guide.md#0"]["heading"] is None
     assert rows["guide.md#1"]["heading"] == "Install"
     assert rows["page.html#0"]["title"] == "Page" and "var x" not in rows["page.html#0"]["text"]
+    assert "crimson" not in rows["page.html#0"]["text"]
     assert rows["r1#0"]["title"] == "Record one"
     skipped = pq.read_table(tmp_path / "run" / "chunks" / "skipped.parquet").to_pylist()
     assert {"stage": "ingest", "item": "records.jsonl:2", "reason": "invalid_json",
@@ -175,3 +182,26 @@ def test_e_mails_give_subject_and_body_or_a_counted_skip(tmp_path):
     row = read_table(tmp_path / "run" / "chunks", CHUNKS).to_pylist()[0]
     assert row["title"] == "Fwd: lab results"
     assert row["text"] == "The glucose values of the second cohort are in."
+
+
+@pytest.mark.slow
+def test_a_50_mb_document_is_chunked_whole(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    sentence = "Sediment cores from estuary {i} record flood layers and tidal rhythms. "
+    with open(root / "big.txt", "w") as fh:
+        i = 0
+        while fh.tell() < 50_000_000:
+            fh.write("".join(sentence.format(i=i + k) for k in range(100)) + "\n\n")
+            i += 100
+    size = (root / "big.txt").stat().st_size
+    manifest = ingest.run(root, tmp_path / "run", IngestConfig())
+    docs, chunks = manifest.balances["documents"], manifest.balances["chunks"]
+    assert (docs.n_in, docs.n_out, docs.skipped) == (1, 1, {})
+    table = read_table(tmp_path / "run" / "chunks", CHUNKS)
+    assert table.num_rows == chunks.n_out > 20_000
+    assert chunks.n_in == chunks.n_out + sum(chunks.skipped.values())
+    # every sentence is in some chunk: the text is chunked whole, nothing cut off
+    texts = table.column("text").to_pylist()
+    assert sum(len(t) for t in texts) > 0.95 * size
+    assert f"estuary {i - 1} " in texts[-1]
