@@ -10,6 +10,7 @@ import pytest
 from customir.config import IngestConfig
 from customir.corpus import ingest
 from customir.corpus.chunking import chunk_text, clean_text
+from customir.corpus.messy import pdf_bytes
 from customir.manifest import Manifest
 from customir.models import load_tokenizer, resolve_base_model
 from customir.schemas import CHUNKS, read_table
@@ -79,29 +80,8 @@ def _write_messy_corpus(root):
     (root / "escape.txt").symlink_to("/etc/hostname")              # outside the corpus
     (root / "dangling.txt").symlink_to(root / "missing.txt")       # broken
     (root / "alias.txt").symlink_to(root / "sub" / "note.txt")     # inside: read (then deduped)
-    (root / "text.pdf").write_bytes(_pdf_with_text("Portable document about coral reefs."))
-    (root / "scanned.pdf").write_bytes(_pdf_with_text(None))       # a page without text
-
-
-def _pdf_with_text(text):
-    """A minimal one-page PDF, with ``text`` in Helvetica or with no text at all."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
-               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-               b"/Resources << /Font << /F1 5 0 R >> >> >>",
-               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
-    return bytes(out)
+    (root / "text.pdf").write_bytes(pdf_bytes("Portable document about coral reefs."))
+    (root / "scanned.pdf").write_bytes(pdf_bytes(None))       # a page without text
 
 
 def test_messy_folder_counts_every_input(tmp_path):
@@ -186,14 +166,10 @@ def test_e_mails_give_subject_and_body_or_a_counted_skip(tmp_path):
 
 @pytest.mark.slow
 def test_a_50_mb_document_is_chunked_whole(tmp_path):
-    root = tmp_path / "docs"
-    root.mkdir()
-    sentence = "Sediment cores from estuary {i} record flood layers and tidal rhythms. "
-    with open(root / "big.txt", "w") as fh:
-        i = 0
-        while fh.tell() < 50_000_000:
-            fh.write("".join(sentence.format(i=i + k) for k in range(100)) + "\n\n")
-            i += 100
+    from customir.corpus.messy import write_categories
+
+    write_categories(tmp_path / "all", big_mb=50)
+    root = tmp_path / "all" / "50 MB document"
     size = (root / "big.txt").stat().st_size
     manifest = ingest.run(root, tmp_path / "run", IngestConfig())
     docs, chunks = manifest.balances["documents"], manifest.balances["chunks"]
@@ -201,7 +177,46 @@ def test_a_50_mb_document_is_chunked_whole(tmp_path):
     table = read_table(tmp_path / "run" / "chunks", CHUNKS)
     assert table.num_rows == chunks.n_out > 20_000
     assert chunks.n_in == chunks.n_out + sum(chunks.skipped.values())
-    # every sentence is in some chunk: the text is chunked whole, nothing cut off
+    # the text is chunked whole: nothing cut off at the end
     texts = table.column("text").to_pylist()
     assert sum(len(t) for t in texts) > 0.95 * size
-    assert f"estuary {i - 1} " in texts[-1]
+    last = (root / "big.txt").read_text()[-200:].split("estuary ")[-1].split()[0]
+    assert f"estuary {last} " in texts[-1] or texts[-1].endswith(f"estuary {last}")
+
+
+# what each category of customir.corpus.messy gives: (documents ingested, {reason: skipped})
+MESSY_OUTCOMES = {
+    "empty file": (0, {"empty_text": 1}),
+    "whitespace only": (0, {"empty_text": 1}),
+    "binary: image": (0, {"unsupported_format": 1}),
+    "binary: executable": (0, {"unsupported_format": 1}),
+    "binary named .txt": (0, {"binary_file": 1}),
+    "latin-1 text": (1, {}),
+    "UTF-16 text": (1, {}),
+    "1 MB document": (1, {}),
+    "JSONL: malformed lines, missing and duplicate ids": (
+        3, {"invalid_json": 1, "not_an_object": 1, "duplicate_doc_id": 1, "no_text_field": 1}),
+    "HTML with scripts and styles": (1, {}),
+    "PDF with text": (1, {}),
+    "PDF scanned (no text)": (0, {"empty_text": 1}),
+    "PDF broken": (0, {"unreadable_pdf": 1}),
+    "parquet broken": (0, {"unreadable_parquet": 1}),
+    "text empty after cleaning": (0, {"empty_text": 1}),
+    "symlink loop": (1, {"symlinked_directory": 1}),
+    "symlink outside the corpus": (1, {"outside_corpus": 1}),
+    "dangling symlink": (1, {"broken_symlink": 1}),
+    "name with spaces and non-ASCII": (1, {}),
+    "hidden file": (0, {"hidden_file": 1}),
+}
+
+
+def test_every_messy_category_is_ingested_or_skipped_with_its_reason(tmp_path):
+    from customir.corpus.messy import write_categories
+
+    inputs = write_categories(tmp_path, big_mb=1)
+    assert set(inputs) == set(MESSY_OUTCOMES)
+    for name, tried in inputs.items():
+        result = ingest.ingest(tmp_path / name, IngestConfig(), "all-MiniLM-L6-v2")
+        docs = result.balances["documents"]
+        assert docs.n_in == tried, name  # every input was seen ...
+        assert (docs.n_out, docs.skipped) == MESSY_OUTCOMES[name], name  # ... and accounted
