@@ -53,6 +53,7 @@ TRIPLES = pa.schema(list(CANDIDATES) + [
     ("positive_llm_score", pa.float32()),              # mean log P(query | positive) or null
     ("candidate_llm_scores", pa.list_(pa.float32())),  # aligned with candidate_chunk_ids
     ("candidate_verdicts", pa.list_(pa.string())),     # kept | false_negative | unverified
+                                                       # | llm_error (could not be scored)
     ("negative_chunk_ids", pa.list_(pa.string())),     # what training uses
 ])
 

@@ -144,7 +144,7 @@ def test_vllm_pre_and_post_processing():
                      "num_generated_tokens": 9})
     assert done == {"request_id": "q:d1#0", "text": '{"keyword": "x y"}',
                     "finish_reason": "stop", "prompt_tokens": 40, "completion_tokens": 9,
-                    "error": None}
+                    "error": None, "attempts": None}
     failed = to_reply({**request, "__inference_error__": "CUDA out of memory"})
     assert failed["finish_reason"] == "error" and "CUDA out of memory" in failed["error"]
     assert set(done) == set(REPLIES.names)

@@ -8,7 +8,8 @@ error that prevented an answer). Callers validate the text and re-ask what faile
 - ``llamacpp`` / ``scripted``: one model per actor, requests answered one after the other (the
   few-shot prefix's KV cache is reused between them).
 - ``openai``: per actor, a thread pool keeps ``llm.concurrency`` requests in flight and the
-  backend's rate limiter starts at most ``llm.qps`` per second.
+  backend's rate limiter starts at most ``llm.qps`` per second. Each reply records the HTTP
+  attempts it took (``attempts``: 1 + the client's retries; null for in-process backends).
 - ``vllm``: Ray Data's own LLM batch processor (:mod:`customir.llm.vllm_batch`).
 """
 
@@ -36,6 +37,7 @@ REPLIES = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("error", pa.string()),          # why no answer came back (after the backend's retries)
+    ("attempts", pa.int32()),        # HTTP requests sent for this reply (null: not over HTTP)
 ])
 
 
@@ -45,9 +47,21 @@ def request_row(request_id: str, messages: list[dict], schema: dict, max_tokens:
             "schema": json.dumps(schema), "max_tokens": max_tokens, "temperature": temperature}
 
 
-def error_reply(request_id: str, error: str) -> dict:
+def error_reply(request_id: str, error: str, attempts: int | None = None) -> dict:
     return {"request_id": request_id, "text": None, "finish_reason": "error", "prompt_tokens": 0,
-            "completion_tokens": 0, "error": error[:500]}
+            "completion_tokens": 0, "error": error[:500], "attempts": attempts}
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message``, followed by the cause a client wrapped (its message alone is often
+    just "Connection error.").
+
+    >>> describe_error(RuntimeError("no reply"))
+    'RuntimeError: no reply'
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    return f"{text} ({type(cause).__name__}: {cause})" if cause is not None else text
 
 
 class ChatAnswerer:
@@ -59,15 +73,21 @@ class ChatAnswerer:
         self.llm = load_llm(config)
         self.threads = config.concurrency if config.backend == LLMBackend.openai else 1
 
+    def _attempts(self) -> int | None:
+        """HTTP attempts of this thread's last request (backends that count them)."""
+        take = getattr(self.llm, "take_request_counts", None)
+        return take().attempts if take else None
+
     def _answer(self, row: dict) -> dict:
         try:
             reply = self.llm.complete_json(json.loads(row["messages"]), json.loads(row["schema"]),
                                            row["max_tokens"], row["temperature"])
         except Exception as exc:  # noqa: BLE001 - any failure to answer is counted, not fatal
-            return error_reply(row["request_id"], f"{type(exc).__name__}: {exc}")
+            return error_reply(row["request_id"], describe_error(exc), self._attempts())
         return {"request_id": row["request_id"], "text": reply.text,
                 "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens, "error": None}
+                "completion_tokens": reply.completion_tokens, "error": None,
+                "attempts": self._attempts()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

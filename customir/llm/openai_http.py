@@ -11,14 +11,27 @@ for every backend), and scoring needs the echo/logprobs endpoint that processor 
 So each worker runs up to ``llm.concurrency`` requests at once from a thread pool (the work is
 waiting on the network), starts at most ``llm.qps`` per second (:class:`RateLimiter`), and
 leaves timeouts and retries with exponential backoff on 408/409/429/5xx and connection errors to
-the client (``timeout_s``, ``max_retries``).
+the client (``timeout_s``, ``max_retries``; a 429's ``Retry-After`` sets the wait).
+
+Retries stay the client's (its policy is tested upstream: Retry-After in seconds, milliseconds or
+as a date, jitter, ``x-should-retry``), and two httpx event hooks make them visible and complete:
+
+- a request hook counts every attempt into :class:`RequestCounts` of the calling thread (the
+  sync client runs hooks in that thread, so the counts belong to the row the thread works on
+  while other threads of the pool work on theirs): ``take_request_counts()`` hands them over;
+- a response hook turns a 2xx reply whose body is not JSON (empty, an HTML page from a proxy,
+  cut off) into ``httpx.DecodingError``, which the client retries like a dropped connection,
+  so every transient fault gets the same bounded retries (at most ``1 + max_retries``
+  attempts per call) instead of garbage going unretried.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+from dataclasses import dataclass
 
 from customir.config import LLMConfig, ResponseFormat
 from customir.llm.protocol import Completion
@@ -49,9 +62,37 @@ class RateLimiter:
         return start
 
 
+@dataclass
+class RequestCounts:
+    """Calls a thread made to the endpoint, the HTTP attempts they took, and the calls that
+    failed after their retries."""
+
+    requests: int = 0
+    attempts: int = 0
+    failed: int = 0
+
+    @property
+    def retries(self) -> int:
+        return self.attempts - self.requests
+
+
+def require_json_body(response) -> None:
+    """httpx response hook: a successful reply must carry a JSON body (see the module doc)."""
+    import httpx2
+
+    if not response.is_success:
+        return
+    response.read()
+    try:
+        json.loads(response.content)
+    except ValueError:
+        raise httpx2.DecodingError(f"reply body is not JSON: {response.content[:80]!r}",
+                                   request=response.request) from None
+
+
 class OpenAIHttpLLM:
     def __init__(self, config: LLMConfig):
-        from openai import OpenAI
+        from openai import DefaultHttpxClient, OpenAI
 
         if not config.base_url:
             raise ValueError("llm.base_url is required for the openai backend "
@@ -60,9 +101,37 @@ class OpenAIHttpLLM:
         api_key = os.environ.get(config.api_key_env) or "not-set"
         self.name = config.model
         self._config = config
-        self._client = OpenAI(base_url=config.base_url, api_key=api_key,
+        self._counts = threading.local()
+        http = DefaultHttpxClient(event_hooks={"request": [self._count_attempt],
+                                               "response": [require_json_body]})
+        self._client = OpenAI(base_url=config.base_url, api_key=api_key, http_client=http,
                               timeout=config.timeout_s, max_retries=config.max_retries)
         self._limiter = RateLimiter(config.qps)
+
+    def _thread_counts(self) -> RequestCounts:
+        if not hasattr(self._counts, "value"):
+            self._counts.value = RequestCounts()
+        return self._counts.value
+
+    def _count_attempt(self, request) -> None:
+        self._thread_counts().attempts += 1
+
+    def take_request_counts(self) -> RequestCounts:
+        """This thread's counts since its last call (then starts again from zero)."""
+        counts = self._thread_counts()
+        self._counts.value = RequestCounts()
+        return counts
+
+    def _create(self, endpoint, **request):
+        """One call through the client (its retries included), counted for this thread."""
+        counts = self._thread_counts()
+        counts.requests += 1
+        self._limiter.wait()
+        try:
+            return endpoint.create(model=self._config.model, **request)
+        except Exception:
+            counts.failed += 1
+            raise
 
     def complete_json(self, messages: list[dict], schema: dict, max_tokens: int,
                       temperature: float | None = None) -> Completion:
@@ -71,9 +140,8 @@ class OpenAIHttpLLM:
         else:
             response_format = {"type": "json_schema",
                                "json_schema": {"name": "reply", "schema": schema}}
-        self._limiter.wait()
-        reply = self._client.chat.completions.create(
-            model=self._config.model, messages=messages, max_tokens=max_tokens,
+        reply = self._create(
+            self._client.chat.completions, messages=messages, max_tokens=max_tokens,
             temperature=self._config.temperature if temperature is None else temperature,
             response_format=response_format,
         )
@@ -84,10 +152,8 @@ class OpenAIHttpLLM:
 
     def _continuation_logprobs(self, prompt: str, continuation: str) -> list[float]:
         text = prompt + continuation
-        self._limiter.wait()
-        reply = self._client.completions.create(
-            model=self._config.model, prompt=text, max_tokens=1, temperature=0.0, echo=True,
-            logprobs=1)
+        reply = self._create(self._client.completions, prompt=text, max_tokens=1,
+                             temperature=0.0, echo=True, logprobs=1)
         logprobs = reply.choices[0].logprobs
         if logprobs is None or not logprobs.token_logprobs:
             raise ValueError(f"{self._config.base_url} returned no prompt log-probabilities; "

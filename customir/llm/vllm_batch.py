@@ -56,7 +56,7 @@ def to_reply(row: dict) -> dict:
     return {"request_id": row["request_id"], "text": row.get("generated_text") or "",
             "finish_reason": "length" if generated >= int(row["max_tokens"]) else "stop",
             "prompt_tokens": int(row.get("num_input_tokens") or 0),
-            "completion_tokens": generated, "error": None}
+            "completion_tokens": generated, "error": None, "attempts": None}
 
 
 def processor_config(config: LLMConfig, batch_size: int):

@@ -9,8 +9,15 @@ relative to the positive, which calibrates them per query and per method. How we
 separates true passages from BM25 near-misses is measured by ``benchmarks/verifier.py`` (figures
 in ``VerifyMethod``'s docstring and the README): with a 1.5B model, barely above chance.
 
+A pair the LLM could not score (the backend's retries exhausted, a reply without
+log-probabilities) is no reason to fail the stage or drop the query: the candidate's verdict is
+``llm_error`` (all of a query's candidates when its positive could not be scored, since
+verdicts are relative to it), and like an unverified candidate it stays a negative only with
+``keep_unverified``. ``extra.llm_errors`` counts the failed pairs by error type and
+``extra.llm_requests`` the backend's requests, HTTP attempts, retries and failures.
+
 Balances: ``queries`` (in = out) and ``candidates`` (in = kept as negatives + false_negative +
-unverified_dropped).
+unverified_dropped + llm_error_dropped).
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 
-from customir.config import RayConfig, VerifyConfig, VerifyMethod
+from customir.config import LLMBackend, RayConfig, VerifyConfig, VerifyMethod
+from customir.llm.batch import describe_error
 from customir.llm.prompts import (build_judge_prompt, build_scoring_prompt, judge_score,
                                   scoring_continuation)
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
@@ -30,8 +39,11 @@ from customir.runtime import map_parquet, ray_session, split_skips, with_skip_co
 from customir.schemas import CANDIDATES, CHUNKS, DATA_DIR, TRIPLES, read_table, write_rows
 
 STAGE = "verify"
-OUTPUT = with_skip_columns(TRIPLES)
-KEPT, FALSE_NEGATIVE, UNVERIFIED = "kept", "false_negative", "unverified"
+# Per-row LLM bookkeeping, summed into the manifest and dropped from the written rows.
+USAGE = [("llm_requests", pa.int32()), ("llm_attempts", pa.int32()), ("llm_failed", pa.int32()),
+         ("llm_errors", pa.list_(pa.string()))]
+OUTPUT = pa.schema(list(with_skip_columns(TRIPLES)) + [pa.field(n, t) for n, t in USAGE])
+KEPT, FALSE_NEGATIVE, UNVERIFIED, LLM_ERROR = "kept", "false_negative", "unverified", "llm_error"
 
 
 def judge_candidates(positive_score: float, candidate_scores: list[float],
@@ -72,9 +84,15 @@ class NegativeVerifier:
         self.config = config
         self.to_verify = to_verify
         self.llm = load_llm(config.llm, scoring=True) if to_verify else None
+        self.threads = config.llm.concurrency if config.llm.backend == LLMBackend.openai else 1
 
-    def _score(self, query: str, chunk_id: str) -> float:
-        return score_pair(self.llm, self.config.method, query, self.text[chunk_id])
+    def _score(self, query: str, passage: str, errors: list[str]) -> float | None:
+        """The pair's score, or None with the reason appended to ``errors``."""
+        try:
+            return score_pair(self.llm, self.config.method, query, passage)
+        except Exception as exc:  # noqa: BLE001 - one unscorable pair is counted, not fatal
+            errors.append(describe_error(exc))
+            return None
 
     def _verify(self, row: dict) -> dict:
         candidates = row["candidate_chunk_ids"]
@@ -83,18 +101,54 @@ class NegativeVerifier:
             negatives = list(candidates) if self.config.keep_unverified else []
             return {"positive_llm_score": None, "candidate_llm_scores": [None] * len(candidates),
                     "candidate_verdicts": verdicts, "negative_chunk_ids": negatives}
-        positive = (score_pair(self.llm, self.config.method, row["query"], row["positive_text"])
-                    if row.get("positive_text") else self._score(row["query"], row["chunk_id"]))
-        scores = [self._score(row["query"], cid) for cid in candidates]
-        verdicts = judge_candidates(positive, scores, self.config.false_negative_margin)
+        errors: list[str] = []
+        positive = self._score(row["query"], row.get("positive_text") or
+                               self.text[row["chunk_id"]], errors)
+        scores = ([self._score(row["query"], self.text[cid], errors) for cid in candidates]
+                  if positive is not None else [None] * len(candidates))
+        margin = self.config.false_negative_margin
+        verdicts = [LLM_ERROR if s is None else judge_candidates(positive, [s], margin)[0]
+                    for s in scores]
+        keep = {KEPT, LLM_ERROR} if self.config.keep_unverified else {KEPT}
         return {"positive_llm_score": positive, "candidate_llm_scores": scores,
-                "candidate_verdicts": verdicts,
-                "negative_chunk_ids": [c for c, v in zip(candidates, verdicts) if v == KEPT]}
+                "candidate_verdicts": verdicts, "llm_errors": errors,
+                "negative_chunk_ids": [c for c, v in zip(candidates, verdicts) if v in keep]}
+
+    def _verify_counted(self, row: dict) -> dict:
+        """:meth:`_verify` plus the LLM requests it took (from backends that count them)."""
+        take = getattr(self.llm, "take_request_counts", None)
+        if take:
+            take()  # start this row's count from zero
+        out = {**row, **self._verify(row), "skip_reason": None, "skip_detail": None}
+        if take:
+            counts = take()
+            out.update(llm_requests=counts.requests, llm_attempts=counts.attempts,
+                       llm_failed=counts.failed)
+        return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [{**row, **self._verify(row), "skip_reason": None, "skip_detail": None}
-                for row in batch.to_pylist()]
-        return pa.Table.from_pylist(rows, schema=OUTPUT)
+        rows = batch.to_pylist()
+        if self.threads > 1 and len(rows) > 1:  # over HTTP, rows wait on the network together
+            with ThreadPoolExecutor(min(self.threads, len(rows))) as pool:
+                out = list(pool.map(self._verify_counted, rows))
+        else:
+            out = [self._verify_counted(row) for row in rows]
+        return pa.Table.from_pylist(out, schema=OUTPUT)
+
+
+def sum_llm_counts(rows: pa.Table) -> tuple[dict[str, int], dict | None]:
+    """Failed pairs by error type, and the backend's request counts (None when it does not
+    count them), summed over the verifier's output rows."""
+    errors = Counter(e.split(":", 1)[0] for es in rows["llm_errors"].to_pylist() if es
+                     for e in es)
+    counted = [n for n in rows["llm_requests"].to_pylist() if n is not None]
+    if not counted:
+        return dict(errors), None
+    total = {name: sum(n or 0 for n in rows[f"llm_{name}"].to_pylist())
+             for name in ("requests", "attempts", "failed")}
+    return dict(errors), {"requests": total["requests"], "http_attempts": total["attempts"],
+                          "http_retries": total["attempts"] - total["requests"],
+                          "failed": total["failed"]}
 
 
 def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
@@ -118,6 +172,7 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
                            constructor_kwargs={"chunks_dir": str(chunks_dir), "config": config,
                                                "to_verify": to_verify},
                            batch_size=config.batch_size)
+    errors, requests = sum_llm_counts(rows) if rows is not None else ({}, None)
     table, skips = split_skips(rows, TRIPLES, STAGE, "query_id")
     verdicts = Counter(v for vs in table["candidate_verdicts"].to_pylist() for v in vs)
     n_candidates = sum(verdicts.values())
@@ -125,6 +180,7 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     skipped = {FALSE_NEGATIVE: verdicts[FALSE_NEGATIVE]}
     if not config.keep_unverified:
         skipped["unverified_dropped"] = verdicts[UNVERIFIED]
+        skipped["llm_error_dropped"] = verdicts[LLM_ERROR]
     checked = verdicts[KEPT] + verdicts[FALSE_NEGATIVE]
     with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         write_rows(tmp, table, skips)
@@ -137,6 +193,8 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
             "verdicts": dict(verdicts),
             "dropped_share_of_checked": round(verdicts[FALSE_NEGATIVE] / checked, 4)
             if checked else None,
+            "llm_errors": errors, "llm_requests": requests,
         })
-    log(f"verify: verdicts {dict(verdicts)}; {n_negatives} negatives kept")
+    log(f"verify: verdicts {dict(verdicts)}; {n_negatives} negatives kept"
+        + (f"; LLM errors {errors}" if errors else ""))
     return manifest

@@ -7,6 +7,12 @@ value fails validation — or whose reply was empty, truncated, not JSON or neve
 asked again in the next round, alone with the other missing keys of its ask, at
 ``retry_temperature`` (a greedy model would repeat its mistake). After ``max_attempts`` rounds the
 key counts as a failure with the last reason. Nothing a reply contains can raise out of here.
+
+Two layers of retries, counted apart in :attr:`Answers.usage`: the HTTP backend's client retries
+one request (timeouts, 429, 5xx, bodies that are not JSON: ``http_attempts``, ``http_retries``)
+and gives up with an error (``llm_errors``); this module re-asks what came back unusable in the
+next round. ``rejected`` counts every unusable key of every round by reason, including those a
+later round fixed.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ class Ask:
 class Answers:
     values: dict[tuple[str, str], Any] = field(default_factory=dict)
     failures: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # reason, detail
-    usage: dict[str, float] = field(default_factory=lambda: {
-        "requests": 0, "rounds": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0})
+    usage: dict[str, Any] = field(default_factory=lambda: {
+        "requests": 0, "rounds": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
+        "http_attempts": 0, "http_retries": 0, "llm_errors": 0, "rejected": {}})
 
 
 def read_reply(ask: Ask, keys: list[str], reply: dict, answers: Answers) -> list[str]:
@@ -62,6 +69,8 @@ def read_reply(ask: Ask, keys: list[str], reply: dict, answers: Answers) -> list
                 answers.failures[(ask.request_id, key)] = (exc.reason, str(exc))
         else:
             answers.failures[(ask.request_id, key)] = problem
+        reason = answers.failures[(ask.request_id, key)][0]
+        answers.usage["rejected"][reason] = answers.usage["rejected"].get(reason, 0) + 1
         retry.append(key)
     return retry
 
@@ -93,11 +102,16 @@ def ask_with_retries(asks: list[Ask], llm: LLMConfig, *, max_attempts: int,
             answered.add(rid)
             usage["prompt_tokens"] += reply["prompt_tokens"] or 0
             usage["completion_tokens"] += reply["completion_tokens"] or 0
+            if reply.get("attempts") is not None:
+                usage["http_attempts"] += reply["attempts"]
+                usage["http_retries"] += max(reply["attempts"] - 1, 0)
+            usage["llm_errors"] += bool(reply["error"])
             if retry := read_reply(by_id[rid], pending[rid], reply, answers):
                 next_pending[rid] = retry
         for rid in set(pending) - answered:  # a lost reply is a failure like any other
             for key in pending[rid]:
                 answers.failures[(rid, key)] = ("no_reply", "no reply came back")
+                usage["rejected"]["no_reply"] = usage["rejected"].get("no_reply", 0) + 1
             next_pending[rid] = pending[rid]
         pending = next_pending
     return answers

@@ -15,7 +15,8 @@
 5. Kept queries are written one row per supporting chunk (a multi-hop question trains on each).
 
 Counts per kind (asked, reply failures, candidates, kept, dropped by reason, rows) are in the
-manifest's ``extra.per_kind`` and in the evaluation report.
+manifest's ``extra.per_kind`` and in the evaluation report; the LLM requests, their HTTP attempts
+and retries, and those that failed after them in ``extra.llm_requests``.
 """
 
 from __future__ import annotations
@@ -301,6 +302,16 @@ def per_kind_counts(asks: list[Ask], answers: Answers | None, candidates: list[C
             for k, d in sorted(counts.items())}
 
 
+def llm_request_counts(phases: list[Answers | None]) -> dict[str, int]:
+    """Requests sent over all phases, the HTTP attempts and retries they took (0 for in-process
+    backends) and those that failed after their retries (the same keys as verify's)."""
+    usages = [a.usage for a in phases if a]
+    return {"requests": sum(u["requests"] for u in usages),
+            "http_attempts": sum(u["http_attempts"] for u in usages),
+            "http_retries": sum(u["http_retries"] for u in usages),
+            "failed": sum(u["llm_errors"] for u in usages)}
+
+
 def _skips(asks: list[Ask], answers: Answers | None, candidates: list[Candidate],
            chunks: Chunks) -> list[dict]:
     skips = []
@@ -385,6 +396,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
             "llm_usage": {name: (a.usage if a else None) for name, a in
                           (("profile", profile_answers), ("queries", answers),
                            ("judge", judge_answers))},
+            "llm_requests": llm_request_counts([profile_answers, answers, judge_answers]),
             "profile": profile,
             "seconds": round(time.monotonic() - started, 1),
         })
