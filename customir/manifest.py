@@ -145,6 +145,10 @@ def stage_output(out_dir: str | Path, stage: str, config_hash: str, inputs: dict
     tmp.rename(out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    # what killed runs of this stage left (never read: no manifest was published with them)
+    for pattern in (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*"):
+        for leftover in out_dir.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def log(message: str) -> None:

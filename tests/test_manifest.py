@@ -43,3 +43,14 @@ def test_fingerprint_follows_content_changes(tmp_path):
     before = fingerprint(tmp_path)
     (tmp_path / "a.txt").write_text("ab")
     assert fingerprint(tmp_path) != before
+
+
+def test_publishing_removes_what_killed_runs_left(tmp_path):
+    # a run killed while writing leaves its temporary folder (and maybe the output it moved
+    # aside); the next successful run of the stage clears them, and only its own stage's
+    for leftover in (".s.tmp-dead0001", ".s.old-dead0002", ".other.tmp-live0003"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "model.onnx").write_bytes(b"x" * 1000)
+    with stage_output(tmp_path / "s", "s", "h", {}) as (tmp, _):
+        (tmp / "f.txt").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-live0003", "s"]
