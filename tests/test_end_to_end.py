@@ -103,3 +103,10 @@ def test_corpus_to_served_embeddings(tiny_corpus, tmp_path, ray_cluster):
     rerun = run_pipeline(config, serve_check=False)
     assert {stage: Manifest.read(run / stage).finished_at for stage in before} == before
     assert sum(rerun["timings"].values()) < sum(summary["timings"].values()) / 3
+
+    # No pickle between stages: every file of the run is Parquet, JSON, safetensors, ONNX,
+    # tokenizer text, images or HTML — none is a pickle (protocol 2+ starts with 0x80).
+    files = [p for p in run.rglob("*") if p.is_file() and ".ray" not in p.parts]
+    pickled = [str(p) for p in files if p.suffix in {".pkl", ".pickle", ".bin", ".pt"}
+               or p.read_bytes()[:1] == b"\x80"]
+    assert files and pickled == []
