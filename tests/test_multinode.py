@@ -1,0 +1,152 @@
+"""Stages sharded over a local 3-node Ray cluster (``ray.cluster_utils.Cluster``: a head without
+CPUs and two 1-CPU worker nodes, so every task runs on a worker node): generation and mining
+process every chunk exactly once, and a worker node killed mid-generation does not change that.
+
+Each scenario runs in a subprocess (the test session's own Ray cluster is already up in this
+process). Generation uses the scripted LLM with a UDF that records, per batch, the node it ran
+on and sleeps a little, so the kill lands mid-way; the stage's output is compared with a run of
+the same stage without Ray trouble (in this process, on the session cluster).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from customir.config import GenerateConfig, IngestConfig, LLMConfig, MineConfig
+from customir.corpus import ingest
+from customir.negatives import mine
+from customir.queries import generate
+from customir.manifest import Manifest
+from customir.schemas import CANDIDATES, QUERIES, read_table
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+SAMPLE = Path(__file__).parent.parent / "examples" / "sample_corpus" / "abstracts.jsonl"
+GENERATE = GenerateConfig(llm=LLMConfig(backend="scripted"), multihop=0.0, dedup_cosine=None,
+                          batch_size=2, num_workers=2)
+MINE = MineConfig(top_k=10, batch_size=4, num_workers=2)
+
+DRIVER = '''
+import json, os, sys, threading, time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+import customir.llm.batch as batch
+from customir.config import GenerateConfig, MineConfig
+from customir.negatives import mine
+from customir.queries import generate
+
+run, marks, kill = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "kill"
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+cluster.wait_for_nodes()
+ray.init(address=cluster.address)
+
+
+class NodeMarkingAnswerer(batch.ChatAnswerer):
+    """The stage's own UDF, marking each batch with its node and slowed down a little."""
+
+    def __call__(self, table):
+        out = super().__call__(table)
+        node = ray.get_runtime_context().get_node_id()
+        (marks / f"{node}-{os.getpid()}-{time.monotonic_ns()}").write_text(
+            "\\n".join(table.column("request_id").to_pylist()))
+        time.sleep(0.3)
+        return out
+
+
+batch.ChatAnswerer = NodeMarkingAnswerer
+killed = []
+if kill:
+    def kill_a_node():
+        while len(list(marks.iterdir())) < 3:  # some batches done on each node
+            time.sleep(0.05)
+        victim = workers[0]
+        killed.extend([victim.node_id, time.monotonic_ns()])
+        cluster.remove_node(victim, allow_graceful=False)  # SIGKILLs the node's processes
+        cluster.add_node(num_cpus=1)  # the autoscaler's replacement
+    threading.Thread(target=kill_a_node, daemon=True).start()
+config = json.loads(os.environ["CONFIGS"])
+generate.run(run / "chunks", run, GenerateConfig.model_validate(config["generate"]))
+if not kill:
+    mine.run(run / "queries", run / "chunks", run, MineConfig.model_validate(config["mine"]))
+nodes = sorted({p.name.split("-")[0] for p in marks.iterdir()})
+answered = [line for p in marks.iterdir() for line in p.read_text().splitlines()]
+after_kill = sum(int(p.name.split("-")[-1]) > killed[1] for p in marks.iterdir()) if kill else 0
+print(json.dumps({"nodes": nodes, "killed": killed, "head": cluster.head_node.node_id,
+                  "batches": len(list(marks.iterdir())), "answered": answered,
+                  "batches_after_kill": after_kill}))
+ray.shutdown()
+cluster.shutdown()
+'''
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_cluster):
+    """40 sample abstracts ingested, with generate and mine run once on the session cluster."""
+    root = tmp_path_factory.mktemp("multinode")
+    (root / "corpus").mkdir()
+    lines = SAMPLE.read_text().splitlines()[:40]
+    (root / "corpus" / "abstracts.jsonl").write_text("\n".join(lines) + "\n")
+    run = root / "reference"
+    ingest.run(root / "corpus", run, IngestConfig())
+    generate.run(run / "chunks", run, GENERATE)
+    mine.run(run / "queries", run / "chunks", run, MINE)
+    return run
+
+
+def _on_three_nodes(reference, tmp_path, mode):
+    run, marks = tmp_path / "run", tmp_path / "marks"
+    run.mkdir()
+    marks.mkdir()
+    (run / "chunks").symlink_to(reference / "chunks")
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {**os.environ, "RAY_ADDRESS": "", "CONFIGS": json.dumps(
+        {"generate": GENERATE.model_dump(mode="json"), "mine": MINE.model_dump(mode="json")})}
+    done = subprocess.run([sys.executable, str(script), str(run), str(marks), mode],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _rows(folder, schema, key):
+    rows = read_table(folder, schema).to_pylist()
+    ids = [r[key] for r in rows]
+    assert len(ids) == len(set(ids)), "duplicate rows"
+    return sorted(rows, key=lambda r: r[key])
+
+
+def test_generation_and_mining_sharded_over_nodes_touch_every_chunk_once(reference, tmp_path):
+    run, seen = _on_three_nodes(reference, tmp_path, "plain")
+    # the work ran on both worker nodes, never on the CPU-less head
+    assert len(seen["nodes"]) == 2 and seen["head"] not in seen["nodes"]
+    assert _rows(run / "queries", QUERIES, "query_id") == _rows(reference / "queries", QUERIES,
+                                                               "query_id")
+    # every LLM request (one per chunk asked) was answered exactly once, across the nodes
+    asked = Manifest.read(reference / "queries").extra["llm_usage"]["queries"]["requests"]
+    assert len(seen["answered"]) == len(set(seen["answered"])) == asked > 0
+    assert Manifest.read(run / "queries").balances == Manifest.read(
+        reference / "queries").balances
+    assert _rows(run / "candidates", CANDIDATES, "query_id") == _rows(
+        reference / "candidates", CANDIDATES, "query_id")
+
+
+def test_a_worker_node_killed_mid_generation_loses_and_repeats_nothing(reference, tmp_path):
+    run, seen = _on_three_nodes(reference, tmp_path, "kill")
+    assert seen["killed"] and seen["killed"][0] in seen["nodes"]  # it had done some work ...
+    assert seen["batches_after_kill"] > 0  # ... and the stage went on without it
+    assert len(seen["nodes"]) >= 2
+    # requests the dead node was answering were answered again elsewhere; the output holds
+    # each chunk's queries once
+    asked = Manifest.read(reference / "queries").extra["llm_usage"]["queries"]["requests"]
+    assert set(seen["answered"]) and len(set(seen["answered"])) == asked
+    assert _rows(run / "queries", QUERIES, "query_id") == _rows(reference / "queries", QUERIES,
+                                                               "query_id")
+    assert Manifest.read(run / "queries").balances == Manifest.read(
+        reference / "queries").balances
