@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true", help="keep serving the model afterwards")
     p.add_argument("--no-serve-check", action="store_true",
                    help="skip the final check that starts the server and embeds through it")
+    p.add_argument("--only", metavar="STAGE", help="run this one stage on the config's run "
+                   "folder (its inputs are the earlier stages' folders there) and print a "
+                   "one-line JSON summary; see jobs/stage.py")
     _common(p, config_required=True)
 
     p = sub.add_parser("ingest", help="documents folder → RUN_DIR/chunks")
@@ -92,6 +95,13 @@ def _load(args):
 def _dispatch(args) -> int:
     cfg = _load(args)
     cmd = args.command
+    if cmd == "run" and args.only:
+        from customir.pipeline import run_stage
+
+        manifest = run_stage(cfg, args.only)
+        print(json.dumps({"stage": args.only, "run_dir": cfg.run_dir,
+                          "seconds": manifest.seconds, "counts": _counts(manifest)}))
+        return 0
     if cmd == "run":
         from customir.pipeline import run_pipeline
 
@@ -141,10 +151,13 @@ def _dispatch(args) -> int:
                             args.train)
     if cmd == "evaluate":
         print((out / "evaluation" / "report.md").read_text())
-    counts = {unit: {"in": b.n_in, "out": b.n_out, "skipped": b.skipped}
-              for unit, b in manifest.balances.items()}
-    print(json.dumps({"stage": manifest.stage, "counts": counts}, indent=2))
+    print(json.dumps({"stage": manifest.stage, "counts": _counts(manifest)}, indent=2))
     return 0
+
+
+def _counts(manifest) -> dict:
+    return {unit: {"in": b.n_in, "out": b.n_out, "skipped": b.skipped}
+            for unit, b in manifest.balances.items()}
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -88,6 +88,13 @@ class LLMConfig(_Section):
         "(e.g. max_model_len, tensor_parallel_size).")
     replicas: int = Field(1, description="vllm backend: vLLM engine replicas (one GPU each).",
                           ge=1)
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="GPUs each in-process LLM actor asks Ray for (llamacpp, scripted). "
+        "None: 1 for llamacpp when the cluster has GPUs (the actors then run on GPU nodes and "
+        "llama.cpp offloads every layer; needs a CUDA build of llama-cpp-python), else 0.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each LLM actor asks for (e.g. "
+        "{llm_node: 1} to keep it on nodes started with that resource).")
 
 
 class IngestConfig(_Section):
@@ -185,6 +192,9 @@ class MineConfig(_Section):
     rrf_k: int = Field(60, description="hybrid: reciprocal-rank-fusion constant.")
     batch_size: int = Field(1024, description="Queries per Ray Data batch.")
     num_workers: int = Field(1, description="Mining actors (each opens the shared index once).")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each mining actor asks for (e.g. "
+        "{cpu_node: 1} to keep mining off GPU nodes; see cluster/cluster.yaml).")
 
 
 class ProfileMode(str, enum.Enum):

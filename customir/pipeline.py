@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from customir.config import ConfigError, PipelineConfig
-from customir.manifest import log
+from customir.manifest import Manifest, log
 from customir.runtime import ray_session
 
 
@@ -26,6 +26,32 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
                  until: str = "export") -> dict:
     """Run every stage (or those up to ``until``); return {stage: seconds}, the serving check's
     figures and the evaluation summary."""
+    if not config.corpus:
+        raise ConfigError("the config names no corpus folder (corpus: PATH)")
+    if until not in STAGES:
+        raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    run = Path(config.run_dir)
+    timings: dict[str, float] = {}
+    manifests = {}
+    with ray_session(config.ray):
+        for stage in STAGES[:STAGES.index(until) + 1]:
+            started = time.monotonic()
+            manifests[stage] = run_stage(config, stage)
+            timings[stage] = round(time.monotonic() - started, 1)
+        check = None
+        if serve_check and until == "export":
+            started = time.monotonic()
+            check = check_serving(run / "export", config)
+            timings["serve_check"] = round(time.monotonic() - started, 1)
+    log(f"run finished: {timings}")
+    evaluation = manifests.get("evaluate")
+    return {"timings": timings, "serve_check": check,
+            "evaluation": evaluation.extra["sets"] if evaluation else None}
+
+
+def run_stage(config: PipelineConfig, stage: str) -> Manifest:
+    """Run one stage alone on ``config.run_dir``: it reads the earlier stages' folders there
+    (ingest reads ``config.corpus``) and returns its manifest. Used by the per-stage Ray jobs."""
     from customir.corpus import ingest
     from customir.evaluate import evaluate
     from customir.export import onnx
@@ -33,10 +59,10 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
     from customir.queries import generate
     from customir.train import trainer
 
-    if not config.corpus:
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    if not config.corpus and stage == "ingest":
         raise ConfigError("the config names no corpus folder (corpus: PATH)")
-    if until not in STAGES:
-        raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     run = Path(config.run_dir)
     calls = {
         "ingest": lambda: ingest.run(config.corpus, run, config.ingest, config.train),
@@ -51,22 +77,8 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
         "export": lambda: onnx.run(run / "train" / trainer.MODEL_DIR, run / "chunks", run,
                                    config.export, run / "triples", run / "train"),
     }
-    timings: dict[str, float] = {}
-    manifests = {}
     with ray_session(config.ray):
-        for stage in STAGES[:STAGES.index(until) + 1]:
-            started = time.monotonic()
-            manifests[stage] = calls[stage]()
-            timings[stage] = round(time.monotonic() - started, 1)
-        check = None
-        if serve_check and until == "export":
-            started = time.monotonic()
-            check = check_serving(run / "export", config)
-            timings["serve_check"] = round(time.monotonic() - started, 1)
-    log(f"run finished: {timings}")
-    evaluation = manifests.get("evaluate")
-    return {"timings": timings, "serve_check": check,
-            "evaluation": evaluation.extra["sets"] if evaluation else None}
+        return calls[stage]()
 
 
 def check_serving(export_dir: Path, config: PipelineConfig) -> dict:

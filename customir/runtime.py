@@ -7,6 +7,7 @@ config or ``RAY_ADDRESS`` and otherwise starts a local one with this machine's C
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,7 +39,7 @@ def ray_session(config: RayConfig | None = None) -> Iterator[None]:
         yield
         return
     address = config.address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": dict(WORKER_ENV)}
+    env = {"env_vars": worker_env()}
     if address:
         log(f"joining Ray cluster at {address}")
         ray.init(address=address, runtime_env=env, log_to_driver=False)
@@ -57,8 +58,19 @@ def ray_session(config: RayConfig | None = None) -> Iterator[None]:
         ray.shutdown()
 
 
+def worker_env() -> dict[str, str]:
+    """:data:`WORKER_ENV` less the keys a submitted job's runtime env already sets: Ray refuses
+    to start a job's driver whose ``ray.init`` names an env var the job names too, and the
+    job's own value is the one its author chose."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {key: value for key, value in WORKER_ENV.items() if key not in taken}
+
+
 def map_parquet(input_dir: Path, udf: type, *, constructor_kwargs: dict[str, Any],
-                batch_size: int, concurrency: int = 1, num_cpus: float = 1) -> pa.Table | None:
+                batch_size: int, concurrency: int = 1, num_cpus: float = 1,
+                num_gpus: float = 0, resources: dict[str, float] | None = None
+                ) -> pa.Table | None:
     """Run ``udf`` (a callable class) over a Parquet folder with Ray Data; return all its rows.
 
     UDFs return rows in their output schema plus ``skip_reason``/``skip_detail`` columns, so a
@@ -67,12 +79,17 @@ def map_parquet(input_dir: Path, udf: type, *, constructor_kwargs: dict[str, Any
     import pyarrow.parquet as pq
 
     return map_table(pq.read_table(input_dir), udf, constructor_kwargs=constructor_kwargs,
-                     batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus)
+                     batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus,
+                     num_gpus=num_gpus, resources=resources)
 
 
 def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
-              batch_size: int, concurrency: int = 1, num_cpus: float = 1) -> pa.Table | None:
-    """Run ``udf`` over an in-memory table with a pool of ``concurrency`` Ray Data actors."""
+              batch_size: int, concurrency: int = 1, num_cpus: float = 1,
+              num_gpus: float = 0, resources: dict[str, float] | None = None
+              ) -> pa.Table | None:
+    """Run ``udf`` over an in-memory table with a pool of ``concurrency`` Ray Data actors,
+    each holding ``num_cpus``, ``num_gpus`` and the custom ``resources`` (which is how a stage
+    lands on the nodes its config names)."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -85,7 +102,8 @@ def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
     ds = ray.data.from_arrow([table.slice(start, rows_per_block)
                               for start in range(0, table.num_rows, rows_per_block)] or [table])
     ds = ds.map_batches(udf, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size,
-                        batch_format="pyarrow", num_cpus=num_cpus,
+                        batch_format="pyarrow", num_cpus=num_cpus, num_gpus=num_gpus or None,
+                        resources=resources or None,
                         compute=ray.data.ActorPoolStrategy(size=concurrency))
     # Stage outputs here are small next to their inputs (queries, ids, scores), so they are
     # gathered in the driver and written as one typed file with the manifest.

@@ -41,9 +41,14 @@ from customir.config import GenerateConfig, MineConfig
 from customir.negatives import mine
 from customir.queries import generate
 
-run, marks, kill = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "kill"
+run, marks, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+kill = mode == "kill"
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+if mode == "placement":  # a node with a (declared) GPU and a CPU node with a custom resource
+    workers = [cluster.add_node(num_cpus=2, num_gpus=1),
+               cluster.add_node(num_cpus=2, resources={"cpu_node": 2})]
+else:
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
 cluster.wait_for_nodes()
 ray.init(address=cluster.address)
 
@@ -60,7 +65,16 @@ class NodeMarkingAnswerer(batch.ChatAnswerer):
         return out
 
 
+class NodeMarkingMiner(mine.CandidateMiner):
+    def __call__(self, table):
+        out = super().__call__(table)
+        node = ray.get_runtime_context().get_node_id()
+        (marks / f"mine_{node}_{time.monotonic_ns()}").touch()
+        return out
+
+
 batch.ChatAnswerer = NodeMarkingAnswerer
+mine.CandidateMiner = NodeMarkingMiner
 killed = []
 if kill:
     def kill_a_node():
@@ -75,11 +89,14 @@ config = json.loads(os.environ["CONFIGS"])
 generate.run(run / "chunks", run, GenerateConfig.model_validate(config["generate"]))
 if not kill:
     mine.run(run / "queries", run / "chunks", run, MineConfig.model_validate(config["mine"]))
-nodes = sorted({p.name.split("-")[0] for p in marks.iterdir()})
-answered = [line for p in marks.iterdir() for line in p.read_text().splitlines()]
-after_kill = sum(int(p.name.split("-")[-1]) > killed[1] for p in marks.iterdir()) if kill else 0
+llm_marks = [p for p in marks.iterdir() if not p.name.startswith("mine_")]
+nodes = sorted({p.name.split("-")[0] for p in llm_marks})
+mine_nodes = sorted({p.name.split("_")[1] for p in marks.iterdir() if p.name.startswith("mine_")})
+answered = [line for p in llm_marks for line in p.read_text().splitlines()]
+after_kill = sum(int(p.name.split("-")[-1]) > killed[1] for p in llm_marks) if kill else 0
 print(json.dumps({"nodes": nodes, "killed": killed, "head": cluster.head_node.node_id,
-                  "batches": len(list(marks.iterdir())), "answered": answered,
+                  "workers": [w.node_id for w in workers], "mine_nodes": mine_nodes,
+                  "batches": len(llm_marks), "answered": answered,
                   "batches_after_kill": after_kill}))
 ray.shutdown()
 cluster.shutdown()
@@ -100,7 +117,7 @@ def reference(tmp_path_factory, ray_cluster):
     return run
 
 
-def _on_three_nodes(reference, tmp_path, mode):
+def _on_three_nodes(reference, tmp_path, mode, generate_config=GENERATE, mine_config=MINE):
     run, marks = tmp_path / "run", tmp_path / "marks"
     run.mkdir()
     marks.mkdir()
@@ -108,7 +125,8 @@ def _on_three_nodes(reference, tmp_path, mode):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = {**os.environ, "RAY_ADDRESS": "", "CONFIGS": json.dumps(
-        {"generate": GENERATE.model_dump(mode="json"), "mine": MINE.model_dump(mode="json")})}
+        {"generate": generate_config.model_dump(mode="json"),
+         "mine": mine_config.model_dump(mode="json")})}
     done = subprocess.run([sys.executable, str(script), str(run), str(marks), mode],
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -150,3 +168,17 @@ def test_a_worker_node_killed_mid_generation_loses_and_repeats_nothing(reference
                                                                "query_id")
     assert Manifest.read(run / "queries").balances == Manifest.read(
         reference / "queries").balances
+
+
+def test_llm_stages_go_to_gpu_nodes_and_mining_to_cpu_nodes(reference, tmp_path):
+    llm = LLMConfig(backend="scripted", gpus_per_worker=1)
+    run, seen = _on_three_nodes(
+        reference, tmp_path, "placement",
+        GENERATE.model_copy(update={"llm": llm, "num_workers": 1}),
+        MINE.model_copy(update={"resources_per_worker": {"cpu_node": 1}}))
+    gpu_node, cpu_node = seen["workers"]
+    assert seen["nodes"] == [gpu_node] and seen["mine_nodes"] == [cpu_node]
+    assert _rows(run / "queries", QUERIES, "query_id") == _rows(reference / "queries", QUERIES,
+                                                               "query_id")
+    assert _rows(run / "candidates", CANDIDATES, "query_id") == _rows(
+        reference / "candidates", CANDIDATES, "query_id")

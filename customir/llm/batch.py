@@ -99,6 +99,28 @@ class ChatAnswerer:
         return pa.Table.from_pylist(out, schema=REPLIES)
 
 
+def llm_gpus(config: LLMConfig, cluster_gpus: float | None = None) -> float:
+    """GPUs per in-process LLM actor: ``llm.gpus_per_worker``, else 1 for llama.cpp on a cluster
+    with GPUs (``cluster_gpus``: the running cluster's when None), else 0.
+
+    >>> llm_gpus(LLMConfig(backend="llamacpp"), cluster_gpus=4)
+    1.0
+    >>> llm_gpus(LLMConfig(backend="llamacpp"), cluster_gpus=0)
+    0.0
+    >>> llm_gpus(LLMConfig(backend="scripted", gpus_per_worker=0.5), cluster_gpus=0)
+    0.5
+    """
+    if config.gpus_per_worker is not None:
+        return float(config.gpus_per_worker)
+    if config.backend != LLMBackend.llamacpp:
+        return 0.0
+    if cluster_gpus is None:
+        import ray
+
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    return 1.0 if cluster_gpus > 0 else 0.0
+
+
 def answer_requests(requests: pa.Table, config: LLMConfig, *, batch_size: int,
                     num_workers: int = 1) -> pa.Table:
     """One REPLIES row per request (in any order), on the Ray session already running."""
@@ -113,5 +135,6 @@ def answer_requests(requests: pa.Table, config: LLMConfig, *, batch_size: int,
     if config.backend == LLMBackend.openai:  # keep the thread pool busy
         batch_size = max(batch_size, 2 * config.concurrency)
     replies = map_table(requests, ChatAnswerer, constructor_kwargs={"config": config},
-                        batch_size=batch_size, concurrency=num_workers)
+                        batch_size=batch_size, concurrency=num_workers,
+                        num_gpus=llm_gpus(config), resources=config.resources_per_worker)
     return replies if replies is not None else REPLIES.empty_table()

@@ -34,6 +34,7 @@ class LlamaCppLLM:
         self._llm = Llama(
             model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads or os.cpu_count(),
             logits_all=scoring, verbose=False, seed=0,
+            n_gpu_layers=-1 if _gpu_assigned() else 0,  # all layers on the actor's GPU
         )
 
     def complete_json(self, messages: list[dict], schema: dict, max_tokens: int,
@@ -90,3 +91,13 @@ class LlamaCppLLM:
             return [float(row[i[0]]) for i in ids]
         # otherwise each choice is decoded after the shared, cached prompt
         return [float(np.sum(self._continuation_logprobs(prompt, c))) for c in choices]
+
+
+def _gpu_assigned() -> bool:
+    """Whether Ray gave this process a GPU (an LLM actor with ``llm.gpus_per_worker``)."""
+    try:
+        import ray
+
+        return ray.is_initialized() and bool(ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001 - outside Ray: no GPU was assigned
+        return False

@@ -127,7 +127,8 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
                            constructor_kwargs={"chunks_dir": str(chunks_dir),
                                                "queries_dir": str(queries_dir),
                                                "index_dir": str(index_dir), "config": config},
-                           batch_size=config.batch_size, concurrency=config.num_workers)
+                           batch_size=config.batch_size, concurrency=config.num_workers,
+                           resources=config.resources_per_worker)
     table, skips = split_skips(rows, CANDIDATES, STAGE, "query_id")
     counts = table.column("candidate_chunk_ids").to_pylist()
     with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):

@@ -31,7 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from customir.config import LLMBackend, RayConfig, VerifyConfig, VerifyMethod
-from customir.llm.batch import describe_error
+from customir.llm.batch import describe_error, llm_gpus
 from customir.llm.prompts import (build_judge_prompt, build_scoring_prompt, judge_score,
                                   scoring_continuation)
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
@@ -171,7 +171,8 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         rows = map_parquet(candidates_dir / DATA_DIR, NegativeVerifier,
                            constructor_kwargs={"chunks_dir": str(chunks_dir), "config": config,
                                                "to_verify": to_verify},
-                           batch_size=config.batch_size)
+                           batch_size=config.batch_size, num_gpus=llm_gpus(config.llm),
+                           resources=config.llm.resources_per_worker)
     errors, requests = sum_llm_counts(rows) if rows is not None else ({}, None)
     table, skips = split_skips(rows, TRIPLES, STAGE, "query_id")
     verdicts = Counter(v for vs in table["candidate_verdicts"].to_pylist() for v in vs)
