@@ -75,3 +75,21 @@ def serve_on_loopback(app):
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+
+
+def schema_answer(body: dict) -> str:
+    """A chat request's answer in JSON: each property of its response_format schema filled
+    with the first words of the last message (8 for integers)."""
+    fmt = body["response_format"]
+    schema = fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else fmt["schema"]
+    words = " ".join(body["messages"][-1]["content"].split("\n", 1)[-1].split()[:3])
+    return json.dumps({k: 8 if v.get("type") == "integer" else f"{k} {words}"
+                       for k, v in schema["properties"].items()})
+
+
+def chat_completion(body: dict, content: str) -> dict:
+    """An OpenAI chat.completion reply carrying ``content``."""
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26}}

@@ -17,7 +17,7 @@ from customir.llm.batch import REQUESTS, ChatAnswerer, request_row
 from customir.llm.openai_http import OpenAIHttpLLM, RateLimiter
 from customir.queries import generate
 
-from conftest import serve_on_loopback
+from conftest import chat_completion, schema_answer, serve_on_loopback
 
 
 def _server(state: dict):
@@ -37,23 +37,15 @@ def _server(state: dict):
         try:
             last = body["messages"][-1]["content"]
             await asyncio.sleep(3.0 if "[[slow]]" in last else state["delay"])
-            fmt = body["response_format"]
-            schema = fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else fmt["schema"]
             key = json.dumps(body["messages"])
             if state["garble_first"] and key not in state["seen"]:
                 state["seen"].add(key)
                 content = "Sorry, I can only answer in prose."
             else:
-                words = last.split("\n", 1)[-1].split()[:3]
-                content = json.dumps({k: 8 if v.get("type") == "integer" else
-                                      f"{k} {' '.join(words)}"
-                                      for k, v in schema["properties"].items()})
+                content = schema_answer(body)
         finally:
             state["in_flight"] -= 1
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26}}
+        return chat_completion(body, content)
 
     return api
 

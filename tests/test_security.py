@@ -13,7 +13,7 @@ from customir.config import IngestConfig
 from customir.corpus import ingest
 from customir.schemas import CHUNKS, read_table
 
-from conftest import serve_on_loopback
+from conftest import chat_completion, schema_answer, serve_on_loopback
 
 SECRET = "sk-customir-test-0f3c9a7e5d21"
 KEY_ENV = "CUSTOMIR_TEST_LLM_KEY"
@@ -40,15 +40,7 @@ def _keyed_server(seen: dict):
             return JSONResponse({"error": {"message": "invalid api key", "type": "auth",
                                            "code": "invalid_api_key"}}, status_code=401)
         body = await request.json()
-        fmt = body["response_format"]
-        schema = fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else fmt["schema"]
-        words = body["messages"][-1]["content"].split("\n", 1)[-1].split()[:4]
-        content = json.dumps({k: 8 if v.get("type") == "integer" else
-                              f"{k} {' '.join(words)}" for k, v in schema["properties"].items()})
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26}}
+        return chat_completion(body, schema_answer(body))
 
     return api
 
