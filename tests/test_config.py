@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from customir.config import ConfigError, LLMBackend, load_config
@@ -43,3 +45,20 @@ def test_bad_config_files_name_the_problem(tmp_path, text, message):
 def test_bad_override():
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["train.epochs"])
+
+
+def test_an_unknown_stage_is_one_clear_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"corpus: {tmp_path}\nrun_dir: {tmp_path / 'run'}\n")
+    for command in (["-m", "customir.cli", "run", str(config), "--only", "nosuch"],
+                    ["jobs/stage.py", "nosuch", str(config)]):
+        out = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent.parent, timeout=120)
+        assert out.returncode == 2, out.stderr
+        # one line naming the valid stages, no traceback
+        assert out.stderr.count("\n") == 1 and "ingest" in out.stderr and "export" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
