@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("serve", help="serve a model at /v1/embeddings")
-    p.add_argument("model", help="a run folder, its export folder, or (backend torch) a "
-                   "sentence-transformers folder")
+    p.add_argument("model", help="a run folder (local or s3://… / gs://…), its export folder, "
+                   "or (backend torch) a sentence-transformers folder")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--backend", help="onnx (default), onnx-int8, torch or tensorrt")
@@ -105,13 +105,16 @@ def _dispatch(args) -> int:
     if cmd == "run":
         from customir.pipeline import run_pipeline
 
+        from customir.run_store import RunStore
+
         summary = run_pipeline(cfg, serve_check=not args.no_serve_check)
         print(json.dumps(summary, indent=2))
-        print((Path(cfg.run_dir) / "evaluation" / "report.md").read_text())
+        run = RunStore(cfg.run_dir, cfg.work_dir).local  # a remote run_dir's local mirror
+        print((run / "evaluation" / "report.md").read_text())
         if args.serve:
             from customir.serve.app import serve_forever
 
-            serve_forever(Path(cfg.run_dir) / "export", cfg.serve, cfg.ray)
+            serve_forever(run / "export", cfg.serve, cfg.ray)
         return 0
     if cmd == "serve":
         from customir.serve.app import serve_forever
@@ -121,7 +124,7 @@ def _dispatch(args) -> int:
         updates = {"host": args.host, "port": args.port, "backend": args.backend}
         serve_cfg = ServeConfig.model_validate(
             {**cfg.serve.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
-        serve_forever(args.model, serve_cfg, cfg.ray)
+        serve_forever(_local_model(args.model, cfg.work_dir), serve_cfg, cfg.ray)
         return 0
     out = Path(args.out)
     if cmd == "ingest":
@@ -153,6 +156,20 @@ def _dispatch(args) -> int:
         print((out / "evaluation" / "report.md").read_text())
     print(json.dumps({"stage": manifest.stage, "counts": _counts(manifest)}, indent=2))
     return 0
+
+
+def _local_model(model: str, work_dir: str | None) -> str | Path:
+    """What to serve: a local path as it is; a run folder on object storage by its export/,
+    pulled into the local mirror first (the server loads local files)."""
+    from customir import storage
+    from customir.run_store import RunStore
+
+    local = storage.local_path(model)
+    if local is not None:
+        return local
+    store = RunStore(model, work_dir)
+    store.check()
+    return store.require("export")
 
 
 def _counts(manifest) -> dict:

@@ -402,7 +402,8 @@ class TrainConfig(_Section):
     checkpoint_storage: str | None = Field(
         None, description="Where checkpoints go while training: a local folder or a cloud URI "
         "(s3://bucket/prefix, gs://..., S3 options in the query string) read and written "
-        "through pyarrow filesystems; None: RUN_DIR/.ray. A rerun resumes from it.")
+        "through pyarrow filesystems; None: RUN_DIR/.ray (under the URI when run_dir is one). "
+        "A rerun resumes from it.")
     query_kinds: list[str] | None = Field(
         None, description="Train only on queries of these kinds (e.g. [title, heading] for "
         "structural pairs only; None: every kind). Left-out queries are counted, not lost.")
@@ -505,8 +506,18 @@ class RayConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    corpus: str | None = Field(None, description="Folder of documents to adapt on.")
-    run_dir: str = Field("runs/default", description="Where every stage writes its output.")
+    corpus: str | None = Field(
+        None, description="Folder of documents to adapt on: a local path or a URI "
+        "(s3://bucket/prefix, gs://…), which is downloaded into WORK_DIR/corpus before ingest.")
+    run_dir: str = Field(
+        "runs/default", description="Where every stage writes its output: a local folder or a "
+        "URI (s3://bucket/prefix?endpoint_override=host:9000&scheme=http, gs://…; credentials "
+        "from the environment). A URI's stages work in a local mirror (work_dir) and each "
+        "finished stage folder is uploaded with its _manifest.json last.")
+    work_dir: str | None = Field(
+        None, description="Local mirror of a run_dir on object storage (what the stages and "
+        "their Ray actors read and write) and of a corpus URI; None: "
+        "~/.cache/customir/runs/<sha256(run_dir)[:16]>. Unused for a local run_dir.")
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -554,9 +565,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data.update({k: v for k, v in fields.items() if v is not None})
     for override in overrides or []:
         _apply_override(data, override)
-    for key in ("corpus", "run_dir"):
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            data[key] = str(base / data[key])
+    for key in ("corpus", "run_dir", "work_dir"):
+        value = data.get(key)  # URIs (s3://…) are left as they are
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            data[key] = str(base / Path(value).expanduser())
     for beir in (data.get("evaluate") or {}).get("beir") or []:
         for key in ("queries", "qrels"):
             if isinstance(beir.get(key), str) and not Path(beir[key]).is_absolute():

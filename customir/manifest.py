@@ -81,10 +81,17 @@ def package_versions() -> dict[str, str]:
 
 
 def fingerprint(path: str | Path) -> str:
-    """Identify an input: a stage folder by its manifest, anything else by names, sizes, mtimes."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()[:16]
+    """Identify an input: a stage folder by its manifest; a file or folder inside one (the model
+    under ``train/``) by that manifest and its place in it; anything else by names, sizes,
+    mtimes. Copies of a stage folder (pulled from a run folder on object storage, with new
+    mtimes) are then the same input on every machine."""
+    path = Path(path).absolute()
+    for stage_dir in (path, *path.parents):
+        if (stage_dir / MANIFEST).is_file():
+            digest = hashlib.sha256((stage_dir / MANIFEST).read_bytes())
+            if stage_dir != path:
+                digest.update(f"\n{path.relative_to(stage_dir).as_posix()}".encode())
+            return digest.hexdigest()[:16]
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
@@ -122,9 +129,7 @@ def stage_output(out_dir: str | Path, stage: str, config_hash: str, inputs: dict
             manifest.balances["documents"] = Balance(n_in, n_out, skipped)
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = temp_sibling(out_dir)
     manifest = Manifest(stage=stage, config_hash=config_hash, inputs=inputs, balances={})
     started = time.monotonic() if started is None else started
     try:
@@ -138,6 +143,19 @@ def stage_output(out_dir: str | Path, stage: str, config_hash: str, inputs: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_folder(tmp, out_dir)
+
+
+def temp_sibling(out_dir: Path) -> Path:
+    """A fresh folder next to ``out_dir`` to write its next version into (see replace_folder)."""
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Put the finished ``tmp`` (from temp_sibling) in the place of ``out_dir`` by renames, so a
+    reader sees the old folder or the new one, never a mix."""
     old = None
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"

@@ -2,7 +2,9 @@
 
 Each stage reads the previous stage's folder under ``run_dir`` and skips itself when its output
 is already complete for the same settings and inputs, so an interrupted run resumes where it
-stopped.
+stopped. A ``run_dir`` on object storage (``s3://…``, ``gs://…``) is worked on in a local mirror
+(:mod:`customir.run_store`): a stage's input folders and its own output folder are pulled before
+it runs — so its resume check sees work finished anywhere — and its output is pushed after.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from customir import storage
 from customir.config import ConfigError, PipelineConfig
 from customir.manifest import Manifest, log
+from customir.run_store import RunStore
 from customir.runtime import ray_session
 
 
@@ -20,6 +24,12 @@ STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate", "export")
 STAGE_FOLDERS = {"ingest": "chunks", "generate": "queries", "mine": "candidates",
                  "verify": "triples", "train": "train", "evaluate": "evaluation",
                  "export": "export"}
+# the earlier stages' folders each stage reads (evaluate's report also reads their manifests);
+# indexes/ is left out on purpose: a local cache that mine rebuilds from chunks/
+STAGE_INPUTS = {"ingest": (), "generate": ("chunks",), "mine": ("queries", "chunks"),
+                "verify": ("candidates", "chunks"), "train": ("triples", "chunks"),
+                "evaluate": ("chunks", "queries", "candidates", "triples", "train"),
+                "export": ("train", "chunks", "triples")}
 
 
 def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
@@ -30,7 +40,8 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
         raise ConfigError("the config names no corpus folder (corpus: PATH)")
     if until not in STAGES:
         raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
-    run = Path(config.run_dir)
+    store = RunStore(config.run_dir, config.work_dir)
+    store.check()
     timings: dict[str, float] = {}
     manifests = {}
     with ray_session(config.ray):
@@ -41,7 +52,7 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
         check = None
         if serve_check and until == "export":
             started = time.monotonic()
-            check = check_serving(run / "export", config)
+            check = check_serving(store.require("export"), config)
             timings["serve_check"] = round(time.monotonic() - started, 1)
     log(f"run finished: {timings}")
     evaluation = manifests.get("evaluate")
@@ -51,7 +62,9 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
 
 def run_stage(config: PipelineConfig, stage: str) -> Manifest:
     """Run one stage alone on ``config.run_dir``: it reads the earlier stages' folders there
-    (ingest reads ``config.corpus``) and returns its manifest. Used by the per-stage Ray jobs."""
+    (ingest reads ``config.corpus``) and returns its manifest. Used by the per-stage Ray jobs.
+    With a remote ``run_dir`` the folders it reads and writes are pulled first, and its output
+    is pushed once it is finished."""
     from customir.corpus import ingest
     from customir.evaluate import evaluate
     from customir.export import onnx
@@ -63,22 +76,35 @@ def run_stage(config: PipelineConfig, stage: str) -> Manifest:
         raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     if not config.corpus and stage == "ingest":
         raise ConfigError("the config names no corpus folder (corpus: PATH)")
-    run = Path(config.run_dir)
+    store = RunStore(config.run_dir, config.work_dir)
+    store.check()
+    run = store.local
     calls = {
-        "ingest": lambda: ingest.run(config.corpus, run, config.ingest, config.train),
+        "ingest": lambda: ingest.run(store.fetch_corpus(config.corpus), run, config.ingest,
+                                     config.train),
         "generate": lambda: generate.run(run / "chunks", run, config.generate),
         "mine": lambda: mine.run(run / "queries", run / "chunks", run, config.mine),
         "verify": lambda: verify.run(run / "candidates", run / "chunks", run, config.verify),
         "train": lambda: trainer.run(run / "triples", run / "chunks", run, config.train,
-                                     config.ray),
+                                     config.ray, checkpoint_root=_checkpoint_root(store)),
         "evaluate": lambda: evaluate.run(run / "chunks", run / "triples", run / "train", run,
                                          config.evaluate, config.train.base_model, config.mine,
                                          config.train.trust_remote_code),
         "export": lambda: onnx.run(run / "train" / trainer.MODEL_DIR, run / "chunks", run,
                                    config.export, run / "triples", run / "train"),
     }
+    for folder in (*STAGE_INPUTS[stage], STAGE_FOLDERS[stage]):
+        store.pull(folder)
     with ray_session(config.ray):
-        return calls[stage]()
+        manifest = calls[stage]()
+    store.push(STAGE_FOLDERS[stage])
+    return manifest
+
+
+def _checkpoint_root(store: RunStore) -> str | None:
+    """Training checkpoints of a remote run folder go under it (``RUN_DIR/.ray``), where every
+    training worker and a rerun on another machine find them; None: the trainer's default."""
+    return storage.join(store.run_dir, ".ray") if store.remote else None
 
 
 def check_serving(export_dir: Path, config: PipelineConfig) -> dict:

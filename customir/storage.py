@@ -9,8 +9,9 @@ instance role, ``GOOGLE_APPLICATION_CREDENTIALS``), never from the config.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 def is_uri(location: str | Path) -> bool:
@@ -19,6 +20,18 @@ def is_uri(location: str | Path) -> bool:
     (True, False, False)
     """
     return "://" in str(location)
+
+
+def local_path(location: str | Path) -> Path | None:
+    """The local folder a location names (a path or a ``file://`` URI); None for object storage.
+
+    >>> local_path("file:///runs/x"), local_path("runs/x"), local_path("s3://b/x")
+    (PosixPath('/runs/x'), PosixPath('runs/x'), None)
+    """
+    if not is_uri(location):
+        return Path(location)
+    split = urlsplit(str(location))
+    return Path(unquote(split.path)) if split.scheme == "file" else None
 
 
 def join(location: str | Path, *parts: str) -> str:
@@ -67,16 +80,34 @@ def read_text(location: str | Path) -> str:
         return stream.read().decode("utf-8")
 
 
+def list_files(location: str | Path) -> dict[str, tuple[int, int | None]]:
+    """{path relative to ``location``: (size, mtime in ns)} for every file under it, at any
+    depth (empty if it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(location)
+    root = path.rstrip("/") + "/"
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return {i.path[len(root):]: (i.size, i.mtime_ns) for i in infos
+            if i.type == pafs.FileType.File}
+
+
 def download(location: str | Path, local_dir: str | Path) -> Path:
-    """Copy a folder to a local one (a local folder is returned as it is, not copied)."""
+    """Copy a folder to a local one (a local folder is returned as it is, not copied). Each copy
+    keeps its source's modification time, so a fingerprint of the copy (names, sizes, mtimes)
+    is the same whichever machine downloaded it."""
     import pyarrow.fs as pafs
 
     if not is_uri(location):
         return Path(location)
     fs, path = resolve(location)
+    files = list_files(location)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
     pafs.copy_files(path, str(local_dir), source_filesystem=fs,
                     destination_filesystem=pafs.LocalFileSystem())
+    for relative, (_, mtime_ns) in files.items():
+        if mtime_ns is not None:
+            os.utime(Path(local_dir, relative), ns=(mtime_ns, mtime_ns))
     return Path(local_dir)
 
 

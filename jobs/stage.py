@@ -6,8 +6,10 @@
 
 STAGE is one of customir.pipeline.STAGES. The stage reads the earlier stages' folders under the
 config's ``run_dir`` (ingest reads ``corpus``) and writes its own there, as in a full run; it
-skips itself when its output is already complete. The last line printed is a one-line JSON
-summary: ``{"stage", "run_dir", "seconds", "counts"}``.
+skips itself when its output is already complete. A ``run_dir`` on ``s3://`` / ``gs://`` is
+pulled into a local mirror before the stage and its output pushed after it
+(customir/run_store.py). The last line printed is a one-line JSON summary:
+``{"stage", "run_dir", "seconds", "counts"}``.
 """
 
 import sys

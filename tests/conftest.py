@@ -53,6 +53,43 @@ def ray_cluster():
         yield
 
 
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """A real S3 API on 127.0.0.1 (moto's server, dummy credentials), empty; yields its
+    host:port."""
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    # moto keeps its buckets per process, not per server: start from none, so no test sees
+    # another's objects (a run folder left by an earlier test would pass for finished work)
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset",
+                                                  method="POST"), timeout=10).close()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+def s3_uri(endpoint: str, path: str) -> str:
+    """``s3://PATH`` on that endpoint, its options in the query string."""
+    return f"s3://{path}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """One bucket on the S3 API; returns the URI of a prefix in it."""
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1",
+                      allow_bucket_creation=True).create_dir("customir")
+    return s3_uri(s3_endpoint, "customir/runs")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -134,24 +134,6 @@ def test_deepspeed_zero2_on_two_cpu_workers(triples, tmp_path):
     assert (out / trainer.MODEL_DIR / "config.json").is_file()
 
 
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """A real S3 API on 127.0.0.1 (moto's server) with one bucket; returns its URI prefix."""
-    import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
-                      allow_bucket_creation=True).create_dir("checkpoints")
-    yield f"s3://checkpoints/runs?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    server.stop()
-
-
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, where, request):
     out = tmp_path / "run"

@@ -273,7 +273,10 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
 
 
 def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
-        config: TrainConfig, ray_config: RayConfig | None = None) -> Manifest:
+        config: TrainConfig, ray_config: RayConfig | None = None, *,
+        checkpoint_root: str | None = None) -> Manifest:
+    """Write ``run_dir/train``. Checkpoints go to ``config.checkpoint_storage``, else
+    ``checkpoint_root`` (a remote run folder's ``.ray``), else ``run_dir/.ray``."""
     triples_dir, chunks_dir, run_dir = (Path(p).resolve()
                                         for p in (triples_dir, chunks_dir, run_dir))
     out = run_dir / "train"
@@ -284,7 +287,8 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     started = time.monotonic()  # the manifest records the stage's whole wall time
     require_deepspeed(config)
     # a resume must match the settings: one checkpoint folder per settings hash
-    location = storage.join(config.checkpoint_storage or run_dir / ".ray", config.config_hash())
+    location = storage.join(config.checkpoint_storage or checkpoint_root or run_dir / ".ray",
+                            config.config_hash())
     try:
         storage.resolve(location)
     except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
