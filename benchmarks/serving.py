@@ -2,18 +2,30 @@
 infinity-emb serving the same model on the same machine.
 
     python benchmarks/serving.py [--quick] [--seconds 60] [--export DIR] [--no-infinity]
+        [--ingress haproxy,proxy] [--client wrk|httpx]
 
-For each concurrency level (1, 8, 64) a closed loop of that many clients sends one text per
-request for the given seconds (15 with --quick) over loopback and records embeddings/s, p50/p99
-latency and errors. Baselines, on the same texts in the same run:
+customir is measured once per ``serve.ingress`` mode (Serve's HAProxy ingress, and Ray Serve's
+HTTP proxy actor), each on a Ray cluster of its own; the
+first mode named gives the headline ratios. For each concurrency level (1, 8, 64) a closed
+loop of that many clients sends one text per request for the given seconds (15 with --quick)
+over loopback and records embeddings/s, p50/p99 latency and errors. Baselines, on the same
+texts in the same run:
 
 - in-process: ``OnnxEncoder.encode`` in this process with batches of min(concurrency, 32) texts
-  (what the served graph does without HTTP, Ray and batching waits);
+  (what the served graph does without HTTP, Ray and batching waits), measured before and after
+  the servers and averaged;
 - infinity-emb 0.0.78 (torch engine, CPU) started by this script from its own virtual
   environment (it pins numpy<2 and sentence-transformers<4, so it cannot share ours), serving the
   same MiniLM weights.
 
-The last line is one JSON object: ratio_vs_inprocess_c8, ratio_vs_infinity_c8, errors, p99s.
+The load generator is wrk (Debian's ``wrk``; ``benchmarks/wrk_post.lua`` cycles the texts) when
+it is on PATH, else an httpx asyncio client (``--client httpx``). It matters on a small machine:
+the clients share the CPU with the server, and wrk spends a small fraction of the CPU per request
+that httpx does, which a real client on another machine would not take from the server at all.
+The JSON names the client used.
+
+The last line is one JSON object: ratio_vs_inprocess_c8, ratio_vs_infinity_c8 (first ingress),
+ratio_vs_inprocess_c8_by_ingress, errors (all modes), p99s.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "sample_corpus" / "abstracts.jsonl"
 LEVELS = (1, 8, 64)
 INFINITY = "infinity-emb[server,torch]==0.0.78"
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_post.lua"
 
 
 def _texts(n: int = 512) -> list[str]:
@@ -54,7 +67,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _load(url: str, payload, concurrency: int, seconds: float, headers=None) -> dict:
+def _wrk(url: str, payload, concurrency: int, seconds: float) -> dict:
+    """The same closed loop driven by wrk (one thread, ``concurrency`` connections)."""
+    bodies = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+    with bodies:
+        bodies.writelines(json.dumps(payload(text)) + "\n" for text in _texts())
+    try:
+        done = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s",
+             "-s", str(WRK_SCRIPT), url], env={**os.environ, "BODIES_FILE": bodies.name},
+            capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(bodies.name)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("WRK_JSON "))
+    figures = json.loads(line[len("WRK_JSON "):])
+    errors = sum(v for k, v in figures.items() if k.startswith("errors_"))
+    return {"embeddings_per_s": round((figures["requests"] - figures["errors_status"])
+                                      / (figures["duration_us"] / 1e6), 2),
+            "requests": figures["requests"], "errors": errors,
+            "p50_ms": round(figures["p50_us"] / 1000, 1),
+            "p99_ms": round(figures["p99_us"] / 1000, 1)}
+
+
+def _load(url: str, payload, concurrency: int, seconds: float, client: str = "httpx") -> dict:
+    """Closed-loop load: ``concurrency`` clients, one text per request, for ``seconds``."""
+    if client == "wrk":
+        return _wrk(url, payload, concurrency, seconds)
+    return asyncio.run(_httpx_load(url, payload, concurrency, seconds))
+
+
+async def _httpx_load(url: str, payload, concurrency: int, seconds: float) -> dict:
     import httpx
 
     texts = _texts()
@@ -68,8 +110,7 @@ async def _load(url: str, payload, concurrency: int, seconds: float, headers=Non
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
             try:
-                response = await session.post(url, json=payload(texts[i % len(texts)]),
-                                              headers=headers)
+                response = await session.post(url, json=payload(texts[i % len(texts)]))
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -120,20 +161,21 @@ def _export_base(scratch: Path) -> Path:
     return scratch / "export"
 
 
-def _customir(export_dir: Path, seconds: float, threads: int | None) -> dict:
+def _customir(export_dir: Path, seconds: float, threads: int | None, client: str,
+              ingress: str) -> dict:
     from customir.config import ServeConfig
     from customir.runtime import ray_session
     from customir.serve import app
 
     config = ServeConfig(port=_free_port(), max_batch_size=32, batch_wait_timeout_s=0.005,
-                         encoder_threads=threads)
+                         encoder_threads=threads, ingress=ingress)
     results = {}
-    with ray_session():
+    with ray_session(None, app.ingress_env(config)):  # a cluster of its own per ingress
         url = app.start(export_dir, config) + "/embeddings"
         try:
-            asyncio.run(_load(url, lambda t: {"input": t}, 4, 2))  # warm-up
+            _load(url, lambda t: {"input": t}, 4, 2, client)  # warm-up
             for c in LEVELS:
-                results[c] = asyncio.run(_load(url, lambda t: {"input": t}, c, seconds))
+                results[c] = _load(url, lambda t: {"input": t}, c, seconds, client)
         finally:
             app.stop()
     return results
@@ -153,7 +195,7 @@ def _infinity_python() -> Path:
     return python
 
 
-def _infinity(model_dir: Path, seconds: float) -> dict:
+def _infinity(model_dir: Path, seconds: float, client: str) -> dict:
     python = _infinity_python()
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
@@ -182,8 +224,8 @@ def _infinity(model_dir: Path, seconds: float) -> dict:
         def payload(text: str) -> dict:
             return {"input": [text], "model": str(model_dir)}
 
-        asyncio.run(_load(url, payload, 4, 2))
-        return {c: asyncio.run(_load(url, payload, c, seconds)) for c in LEVELS}
+        _load(url, payload, 4, 2, client)
+        return {c: _load(url, payload, c, seconds, client) for c in LEVELS}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -196,39 +238,58 @@ def main() -> None:
     parser.add_argument("--export", type=Path, help="an export folder (default: base MiniLM)")
     parser.add_argument("--no-infinity", action="store_true")
     parser.add_argument("--threads", type=int, help="onnxruntime threads in the replica")
+    parser.add_argument("--client", choices=("wrk", "httpx"),
+                        default="wrk" if shutil.which("wrk") else "httpx",
+                        help="load generator (default: wrk when installed)")
+    parser.add_argument("--ingress", default="haproxy,proxy",
+                        help="serve.ingress modes to measure, comma-separated; the first "
+                        "one's figures are the headline ratios")
     args = parser.parse_args()
     seconds = 15.0 if args.quick else args.seconds
+    ingresses = args.ingress.split(",")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     export_dir = args.export or _export_base(Path(tempfile.mkdtemp(prefix="customir-bench-")))
     model_dir = Path(json.loads((export_dir / "customir_onnx.json").read_text())["source_model"])
-    inprocess = {c: _inprocess(export_dir, c, seconds) for c in LEVELS}
-    served = _customir(export_dir, seconds, args.threads)
+    # the in-process rate before and after the servers ran, so drift of the machine shows
+    before = {c: _inprocess(export_dir, c, seconds) for c in LEVELS}
+    served = {mode: _customir(export_dir, seconds, args.threads, args.client, mode)
+              for mode in ingresses}
+    after = {c: _inprocess(export_dir, c, seconds) for c in LEVELS}
+    inprocess = {c: round((before[c] + after[c]) / 2, 2) for c in LEVELS}
     infinity = None
     if not args.no_infinity:
         try:
-            infinity = _infinity(model_dir, seconds)
+            infinity = _infinity(model_dir, seconds, args.client)
         except Exception as exc:  # noqa: BLE001 - the baseline failing is reported, not fatal
             print(f"infinity-emb baseline failed: {exc}", file=sys.stderr)
 
-    print(f"{'concurrency':>11} {'customir emb/s':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-          f" {'in-process':>11} {'infinity':>9} {'inf p99':>8}")
+    print(f"{'clients':>7} {'ingress':>8} {'customir emb/s':>15} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>6} {'in-process':>11} {'infinity':>9} {'inf p99':>8}")
     for c in LEVELS:
-        s = served[c]
         inf = infinity[c] if infinity else {}
-        print(f"{c:>11} {s['embeddings_per_s']:>15} {s['p50_ms']:>8} {s['p99_ms']:>8} "
-              f"{s['errors']:>6} {inprocess[c]:>11} {inf.get('embeddings_per_s', '-'):>9} "
-              f"{inf.get('p99_ms', '-'):>8}")
+        for mode in ingresses:
+            s = served[mode][c]
+            print(f"{c:>7} {mode:>8} {s['embeddings_per_s']:>15} {s['p50_ms']:>8} "
+                  f"{s['p99_ms']:>8} {s['errors']:>6} {inprocess[c]:>11} "
+                  f"{inf.get('embeddings_per_s', '-'):>9} {inf.get('p99_ms', '-'):>8}")
+    head = served[ingresses[0]]
     figures = {
         "seconds_per_level": seconds,
-        "customir": {str(c): served[c] for c in LEVELS},
+        "load_client": args.client,
+        "ingress": ingresses[0],
+        "customir": {mode: {str(c): served[mode][c] for c in LEVELS} for mode in ingresses},
         "inprocess_embeddings_per_s": {str(c): inprocess[c] for c in LEVELS},
+        "inprocess_before_after": {str(c): [before[c], after[c]] for c in LEVELS},
         "infinity": {str(c): infinity[c] for c in LEVELS} if infinity else None,
-        "ratio_vs_inprocess_c8": round(served[8]["embeddings_per_s"] / inprocess[8], 3),
-        "ratio_vs_infinity_c8": round(served[8]["embeddings_per_s"]
+        "ratio_vs_inprocess_c8": round(head[8]["embeddings_per_s"] / inprocess[8], 3),
+        "ratio_vs_infinity_c8": round(head[8]["embeddings_per_s"]
                                       / infinity[8]["embeddings_per_s"], 3) if infinity else None,
-        "errors": sum(served[c]["errors"] for c in LEVELS),
-        "p99_ms": {str(c): served[c]["p99_ms"] for c in LEVELS},
+        "ratio_vs_inprocess_c8_by_ingress": {
+            mode: round(served[mode][8]["embeddings_per_s"] / inprocess[8], 3)
+            for mode in ingresses},
+        "errors": sum(served[m][c]["errors"] for m in ingresses for c in LEVELS),
+        "p99_ms": {str(c): head[c]["p99_ms"] for c in LEVELS},
     }
     print(json.dumps(figures))
 

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--backend", help="onnx (default), onnx-int8, torch or tensorrt")
+    p.add_argument("--ingress", help="proxy (default: Ray Serve's HTTP proxy) or haproxy "
+                   "(faster; needs the haproxy binary)")
     _common(p)
     return parser
 
@@ -121,7 +123,8 @@ def _dispatch(args) -> int:
 
         from customir.config import ServeConfig
 
-        updates = {"host": args.host, "port": args.port, "backend": args.backend}
+        updates = {"host": args.host, "port": args.port, "backend": args.backend,
+                   "ingress": args.ingress}
         serve_cfg = ServeConfig.model_validate(
             {**cfg.serve.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
         serve_forever(_local_model(args.model, cfg.work_dir), serve_cfg, cfg.ray)

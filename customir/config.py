@@ -456,9 +456,29 @@ class EncoderBackend(str, enum.Enum):
     tensorrt = "tensorrt"
 
 
+class ServeIngress(str, enum.Enum):
+    """How HTTP requests reach the serving replicas.
+
+    - ``proxy``: Ray Serve's HTTP proxy actor (default; works on any Ray cluster). Each request
+      crosses two Python processes and the replica calls back into the proxy for the body.
+    - ``haproxy``: Ray Serve's HAProxy ingress: a ``haproxy`` process (the binary comes with
+      ``ray[serve]`` on Linux) forwards to replicas that serve HTTP themselves (Serve's direct
+      ingress), and Serve's throughput-optimized settings are on: more embeddings/s than the
+      proxy on the same cores (``benchmarks/serving.py``; figures in the README). A cluster
+      customir starts gets it when the config asks; a cluster joined by address must be started
+      with the same environment (``customir.serve.app.ingress_env``; see k8s/rayservice.yaml).
+    """
+
+    proxy = "proxy"
+    haproxy = "haproxy"
+
+
 class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
     backend: EncoderBackend = Field(EncoderBackend.onnx, description="Encoder backend.")
+    ingress: ServeIngress = Field(ServeIngress.proxy, description="How HTTP reaches the "
+                                  "replicas: Ray Serve's proxy actor, or HAProxy (faster). See "
+                                  "ServeIngress.")
     api_key_env: str | None = Field(
         None, description="If set, requests need 'Authorization: Bearer <key>' with the key "
         "from this environment variable.")

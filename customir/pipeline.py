@@ -17,6 +17,7 @@ from customir.config import ConfigError, PipelineConfig
 from customir.manifest import Manifest, log
 from customir.run_store import RunStore
 from customir.runtime import ray_session
+from customir.serve.app import ingress_env
 
 
 STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate", "export")
@@ -44,7 +45,9 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
     store.check()
     timings: dict[str, float] = {}
     manifests = {}
-    with ray_session(config.ray):
+    # the serving check's ingress needs the cluster started with its settings
+    cluster_env = ingress_env(config.serve) if serve_check and until == "export" else {}
+    with ray_session(config.ray, cluster_env):
         for stage in STAGES[:STAGES.index(until) + 1]:
             started = time.monotonic()
             manifests[stage] = run_stage(config, stage)

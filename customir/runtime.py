@@ -30,11 +30,18 @@ SKIP_DETAIL = "skip_detail"
 
 
 @contextlib.contextmanager
-def ray_session(config: RayConfig | None = None) -> Iterator[None]:
-    """Use a running Ray (if this process already joined one), a named cluster, or a local one."""
+def ray_session(config: RayConfig | None = None,
+                cluster_env: dict[str, str] | None = None) -> Iterator[None]:
+    """Use a running Ray (if this process already joined one), a named cluster, or a local one.
+    ``cluster_env`` is the environment of a local cluster's own processes (Serve's controller
+    and proxy read settings from it at start); a running or named cluster keeps its own."""
     import ray
 
     config = config or RayConfig()
+    if ray.is_initialized() or config.address or os.environ.get("RAY_ADDRESS"):
+        if cluster_env:
+            log("the Ray cluster was started elsewhere: it keeps its own environment "
+                f"(customir would have set {', '.join(sorted(cluster_env))})")
     if ray.is_initialized():
         yield
         return
@@ -49,13 +56,29 @@ def ray_session(config: RayConfig | None = None) -> Iterator[None]:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         num_cpus = config.num_cpus or os.cpu_count() or 1
         log(f"starting a local Ray cluster with {num_cpus} CPUs")
-        ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False,
-                 _system_config={"worker_niceness": config.worker_niceness})
+        with _environment(cluster_env or {}):  # the cluster's processes inherit it
+            ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False,
+                     _system_config={"worker_niceness": config.worker_niceness})
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def worker_env() -> dict[str, str]:

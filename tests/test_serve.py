@@ -167,37 +167,101 @@ def test_starting_without_an_export_is_a_clear_error(tmp_path):
         app.start(tmp_path, ServeConfig())
 
 
-def test_cli_serves_a_run_folder_and_prints_a_curl_example(exported, tmp_path):
+def _cli_serve(exported, *options, env=None):
+    """Start `customir serve` in a subprocess; return (process, its first two stdout lines)."""
     import os
-    import signal
     import subprocess
     import sys
     import time
 
-    port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "customir.cli", "serve", str(exported),
-                             "--port", str(port)], stdout=subprocess.PIPE,
+                             *options], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=env)
+    lines = []
+    deadline = time.time() + 180
+    while time.time() < deadline and len(lines) < 2:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return proc, lines
+
+
+def _stop_cli(proc):
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 0
+
+
+def test_cli_serves_a_run_folder_and_prints_a_curl_example(exported):
+    port = free_port()
+    proc, lines = _cli_serve(exported, "--port", str(port))
     try:
-        lines = []
-        deadline = time.time() + 180
-        while time.time() < deadline and len(lines) < 2:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            if line.strip():
-                lines.append(line.strip())
         assert lines[0] == f"serving customir-embed at http://127.0.0.1:{port}/v1"
         assert lines[1].startswith(f"try: curl -s http://127.0.0.1:{port}/v1/embeddings")
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "hello"},
                            timeout=60).json()
         assert len(reply["data"][0]["embedding"]) == 384
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0
+        _stop_cli(proc)
+
+
+def _haproxy_configs() -> list[str]:
+    """Config files of the haproxy processes running now."""
+    from pathlib import Path
+
+    configs = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process ended
+            continue
+        if args and Path(args[0]).name == "haproxy" and "-f" in args:
+            configs.append(args[args.index("-f") + 1])
+    return configs
+
+
+def test_haproxy_ingress_serves_the_openai_client_and_refuses_bad_requests(exported):
+    """serve.ingress haproxy: requests go through Serve's HAProxy (a haproxy process with this
+    cluster's own config file) to the replica; answers equal the exported model's."""
+    port = free_port()
+    proc, lines = _cli_serve(exported, "--port", str(port), "--ingress", "haproxy")
+    try:
+        assert lines[0] == f"serving customir-embed at http://127.0.0.1:{port}/v1", lines
+        assert any("cir-hap-" in c for c in _haproxy_configs()), _haproxy_configs()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        texts = ["insulin and glucose", "the pancreas secretes insulin"]
+        reply = client.embeddings.create(model="customir-embed", input=texts)
+        served = np.array([d.embedding for d in reply.data], dtype=np.float32)
+        assert np.allclose(served, OnnxEncoder(exported / "export").encode(texts), atol=1e-5)
+        bad = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": []},
+                         timeout=60)
+        assert bad.status_code == 400 and "empty" in bad.json()["error"]["message"]
+        assert client.embeddings.create(model="customir-embed", input="again").data
+    finally:
+        _stop_cli(proc)
+    assert not any("cir-hap-" in c for c in _haproxy_configs())
+
+
+def test_haproxy_ingress_without_a_usable_binary_is_one_clear_error(exported):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "customir.cli", "serve", str(exported),
+                           "--ingress", "haproxy"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_SERVE_HAPROXY_BINARY_PATH": "/nowhere/haproxy"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "customir: error: serve.ingress: haproxy needs a haproxy binary "
+        "(RAY_SERVE_HAPROXY_BINARY_PATH='/nowhere/haproxy' does not point to an executable "
+        "file.); install ray[serve] on Linux (it brings one) or haproxy itself, or use "
+        "serve.ingress: proxy"]
 
 
 # --- hardening: a second application next to the module's server, with its own limits ---
@@ -259,7 +323,9 @@ def test_shutdown_finishes_the_requests_in_flight(exported, server):
 
     url = _deploy(exported, server, "drain", graceful_shutdown_timeout_s=30)
     result = {}
-    sender = threading.Thread(target=lambda: result.update(reply=_post(url, _big(384),
+    # ~10 s of encoding on 2 idle cores: long enough to be in flight at the delete, short
+    # enough to stay clear of the 30 s request timeout on a busy machine
+    sender = threading.Thread(target=lambda: result.update(reply=_post(url, _big(192),
                                                                        key=None)))
     sender.start()
     time.sleep(0.5)  # the request is being encoded
@@ -267,7 +333,7 @@ def test_shutdown_finishes_the_requests_in_flight(exported, server):
     sender.join(timeout=60)
     reply = result["reply"]
     assert reply.status_code == 200, reply.text
-    assert len(reply.json()["data"]) == 384
+    assert len(reply.json()["data"]) == 192
     assert _post(url, {"input": "gone"}, key=None).status_code == 404  # the app is gone
 
 

