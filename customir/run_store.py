@@ -88,18 +88,14 @@ class RunStore:
         target = self.local / folder
         if manifest is None or _read_or_none(target / MANIFEST) == manifest:
             return False
-        tmp = temp_sibling(target)
-        try:
-            storage.download(storage.join(self.run_dir, folder), tmp)
+        def unchanged(tmp: Path) -> None:
             # a push that started meanwhile deletes the manifest first: then the files are a mix
             if (_read_or_none(tmp / MANIFEST) != manifest
                     or self._remote_manifest(folder) != manifest):
                 raise RuntimeError(f"{folder}/ changed on {self.run_dir} while it was pulled; "
                                    "run again once the other writer is done")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        replace_folder(tmp, target)
+
+        _download_in_place(storage.join(self.run_dir, folder), target, unchanged)
         log(f"pulled {folder}/ from {self.run_dir}")
         return True
 
@@ -151,13 +147,7 @@ class RunStore:
             raise FileNotFoundError(f"corpus folder not found or empty: {corpus}")
         mirror = self.work_dir / CORPUS_MIRROR
         if storage.list_files(mirror) != remote_files:
-            tmp = temp_sibling(mirror)
-            try:
-                storage.download(corpus, tmp)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            replace_folder(tmp, mirror)
+            _download_in_place(corpus, mirror)
             log(f"downloaded the corpus from {corpus} ({len(remote_files)} files)")
         return mirror
 
@@ -184,6 +174,20 @@ class RunStore:
         fs, _ = self._filesystem
         with open(local_file, "rb") as source, fs.open_output_stream(remote_path) as out:
             shutil.copyfileobj(source, out, 8 << 20)
+
+
+def _download_in_place(location: str, target: Path, check=None) -> None:
+    """Download the folder at ``location`` into a temp sibling of ``target``, run ``check`` on
+    it (it raises to refuse the copy), then put it in ``target``'s place by renames."""
+    tmp = temp_sibling(target)
+    try:
+        storage.download(location, tmp)
+        if check is not None:
+            check(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, target)
 
 
 def _read_or_none(path: Path) -> bytes | None:
