@@ -50,7 +50,7 @@ if mode == "placement":  # a node with a (declared) GPU and a CPU node with a cu
 else:
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
 cluster.wait_for_nodes()
-ray.init(address=cluster.address)
+ray.init(address=cluster.address, log_to_driver=False)
 
 
 class NodeMarkingAnswerer(batch.ChatAnswerer):
@@ -130,7 +130,11 @@ def _on_three_nodes(reference, tmp_path, mode, generate_config=GENERATE, mine_co
     done = subprocess.run([sys.executable, str(script), str(run), str(marks), mode],
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return run, json.loads(done.stdout.strip().splitlines()[-1])
+    # the driver's summary line; Ray may print its own lines after it (a raylet's retry notice
+    # about the killed node's workers came out on stdout during shutdown once)
+    summary = [line for line in done.stdout.splitlines() if line.startswith('{"nodes"')]
+    assert len(summary) == 1, done.stdout[-3000:]
+    return run, json.loads(summary[0])
 
 
 def _rows(folder, schema, key):
