@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--backend", help="onnx (default), onnx-int8, torch or tensorrt")
-    p.add_argument("--ingress", help="proxy (default: Ray Serve's HTTP proxy) or haproxy "
+    p.add_argument("--ingress", choices=("proxy", "haproxy"),
+                   help="proxy (default: Ray Serve's HTTP proxy) or haproxy "
                    "(faster; needs the haproxy binary)")
     _common(p)
     return parser

@@ -248,6 +248,17 @@ def test_haproxy_ingress_serves_the_openai_client_and_refuses_bad_requests(expor
     assert not any("cir-hap-" in c for c in _haproxy_configs())
 
 
+def test_an_unknown_ingress_is_one_clear_error(exported):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "customir.cli", "serve", str(exported),
+                           "--ingress", "nginx"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "argument --ingress: invalid choice: 'nginx' (choose from 'proxy', 'haproxy')")
+
+
 def test_haproxy_ingress_without_a_usable_binary_is_one_clear_error(exported):
     import os
     import subprocess
