@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -57,7 +56,10 @@ def ray_session(config: RayConfig | None = None,
         num_cpus = config.num_cpus or os.cpu_count() or 1
         log(f"starting a local Ray cluster with {num_cpus} CPUs")
         with _environment(cluster_env or {}):  # the cluster's processes inherit it
-            ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
+            # "local": a new cluster even when a stale /tmp/ray/ray_current_cluster (left by
+            # a `ray start` head that died) names one, which ray.init would otherwise join
+            ray.init(address="local", num_cpus=num_cpus, runtime_env=env,
+                     include_dashboard=False,
                      log_to_driver=False, configure_logging=False,
                      _system_config={"worker_niceness": config.worker_niceness})
     try:
@@ -90,29 +92,15 @@ def worker_env() -> dict[str, str]:
     return {key: value for key, value in WORKER_ENV.items() if key not in taken}
 
 
-def map_parquet(input_dir: Path, udf: type, *, constructor_kwargs: dict[str, Any],
-                batch_size: int, concurrency: int = 1, num_cpus: float = 1,
-                num_gpus: float = 0, resources: dict[str, float] | None = None
-                ) -> pa.Table | None:
-    """Run ``udf`` (a callable class) over a Parquet folder with Ray Data; return all its rows.
-
-    UDFs return rows in their output schema plus ``skip_reason``/``skip_detail`` columns, so a
-    stage can count every input it did not use (see :func:`split_skips`).
-    """
-    import pyarrow.parquet as pq
-
-    return map_table(pq.read_table(input_dir), udf, constructor_kwargs=constructor_kwargs,
-                     batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus,
-                     num_gpus=num_gpus, resources=resources)
-
-
 def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
               batch_size: int, concurrency: int = 1, num_cpus: float = 1,
               num_gpus: float = 0, resources: dict[str, float] | None = None
               ) -> pa.Table | None:
-    """Run ``udf`` over an in-memory table with a pool of ``concurrency`` Ray Data actors,
-    each holding ``num_cpus``, ``num_gpus`` and the custom ``resources`` (which is how a stage
-    lands on the nodes its config names)."""
+    """Run ``udf`` (a callable class) over an in-memory table with a pool of ``concurrency`` Ray
+    Data actors; return all its rows. UDFs return rows in their output schema plus
+    ``skip_reason``/``skip_detail`` columns, so a stage can count every input it did not use
+    (see :func:`split_skips`). Each actor holds ``num_cpus``, ``num_gpus`` and the custom
+    ``resources`` (which is how a stage lands on the nodes its config names)."""
     import ray
 
     ctx = ray.data.DataContext.get_current()

@@ -1,7 +1,8 @@
 """Mine stage: ``queries/`` + ``chunks/`` → ``candidates/`` (schema CANDIDATES), on Ray Data.
 
 The candidate index (bm25s, pyserini, dense or hybrid; see :mod:`customir.negatives.index`) is
-built once under ``<run>/indexes/`` and opened once per mining actor; actors rank whole batches
+built once under ``<run>/indexes/`` and opened once per mining actor (on another node than
+the driver's, from a copy: :mod:`customir.node_files`); actors rank whole batches
 of queries at a time (one batched search, one batched scoring of the positives). A query's
 positives are every chunk that the same query text was written for (multi-hop queries have
 several); the margin is taken from the weakest.
@@ -23,9 +24,10 @@ from customir.config import MineConfig, RayConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.negatives.index import ensure_index, open_index
 from customir.negatives.selection import select_under_margin
-from customir.runtime import (SKIP_DETAIL, SKIP_REASON, map_parquet, ray_session, split_skips,
+from customir.node_files import ShippedFolder, resolve
+from customir.runtime import (SKIP_DETAIL, SKIP_REASON, map_table, ray_session, split_skips,
                               with_skip_columns)
-from customir.schemas import CANDIDATES, CHUNKS, DATA_DIR, QUERIES, read_table, write_rows
+from customir.schemas import CANDIDATES, CHUNKS, QUERIES, read_table, write_rows
 
 STAGE = "mine"
 OUTPUT = with_skip_columns(CANDIDATES)
@@ -42,15 +44,18 @@ def positives_by_query(queries: pa.Table) -> dict[str, list[str]]:
 class CandidateMiner:
     """Ray Data UDF: query rows in, the same rows plus selected candidates out."""
 
-    def __init__(self, chunks_dir: str, queries_dir: str, index_dir: str, config: MineConfig):
-        chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id"]).to_pydict()
+    def __init__(self, chunks, queries, index, config: MineConfig):
+        """``chunks`` (chunk_id, doc_id) and ``queries`` (query, chunk_id) are tables or object
+        references to them, ``index`` the index folder or a :class:`ShippedFolder` of it: on
+        a cluster the actor gets them through Ray, not from the driver's disk."""
+        chunks = resolve(chunks).select(["chunk_id", "doc_id"]).to_pydict()
         self.config = config
-        # read here rather than passed in: Ray pickles (and describes) constructor arguments
-        self.positives = positives_by_query(read_table(queries_dir, QUERIES))
+        self.positives = positives_by_query(resolve(queries))
         self.chunk_ids = chunks["chunk_id"]
         self.doc_ids = chunks["doc_id"]
         self.row_of = {cid: i for i, cid in enumerate(self.chunk_ids)}
-        self.index = open_index(index_dir, config)
+        self.index_dir = resolve(index)  # on this node
+        self.index = open_index(self.index_dir, config)
 
     def _positive_rows(self, row: dict) -> tuple[list[str], list[int] | None]:
         ids = list(dict.fromkeys(self.positives.get(row["query"], [row["chunk_id"]])))
@@ -123,12 +128,16 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
     log(f"mine: {queries.num_rows} queries against {config.backend.value} (top {config.top_k}, "
         f"relative margin {config.relative_margin}, absolute margin {config.absolute_margin})")
     with ray_session(ray_config):
-        rows = map_parquet(queries_dir / DATA_DIR, CandidateMiner,
-                           constructor_kwargs={"chunks_dir": str(chunks_dir),
-                                               "queries_dir": str(queries_dir),
-                                               "index_dir": str(index_dir), "config": config},
-                           batch_size=config.batch_size, concurrency=config.num_workers,
-                           resources=config.resources_per_worker)
+        import ray
+
+        # through the object store, not by path: other nodes may not see this run folder
+        actor_inputs = {"chunks": ray.put(read_table(chunks_dir, CHUNKS).select(
+                            ["chunk_id", "doc_id"])),
+                        "queries": ray.put(queries.select(["query", "chunk_id"])),
+                        "index": ShippedFolder.ship(index_dir), "config": config}
+        rows = map_table(queries, CandidateMiner, constructor_kwargs=actor_inputs,
+                         batch_size=config.batch_size, concurrency=config.num_workers,
+                         resources=config.resources_per_worker)
     table, skips = split_skips(rows, CANDIDATES, STAGE, "query_id")
     counts = table.column("candidate_chunk_ids").to_pylist()
     with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):

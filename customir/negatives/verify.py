@@ -35,8 +35,9 @@ from customir.llm.batch import describe_error, llm_gpus
 from customir.llm.prompts import (build_judge_prompt, build_scoring_prompt, judge_score,
                                   scoring_continuation)
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
-from customir.runtime import map_parquet, ray_session, split_skips, with_skip_columns
-from customir.schemas import CANDIDATES, CHUNKS, DATA_DIR, TRIPLES, read_table, write_rows
+from customir.node_files import resolve
+from customir.runtime import map_table, ray_session, split_skips, with_skip_columns
+from customir.schemas import CANDIDATES, CHUNKS, TRIPLES, read_table, write_rows
 
 STAGE = "verify"
 # Per-row LLM bookkeeping, summed into the manifest and dropped from the written rows.
@@ -76,10 +77,12 @@ def score_pair(llm, method: VerifyMethod, query: str, passage: str) -> float:
 class NegativeVerifier:
     """Ray Data UDF: candidate rows in, rows with LLM scores and verdicts out."""
 
-    def __init__(self, chunks_dir: str, config: VerifyConfig, to_verify: set[str]):
+    def __init__(self, chunks, config: VerifyConfig, to_verify: set[str]):
+        """``chunks`` (chunk_id, text): a table or an object reference to one (on a cluster
+        the actor gets it through Ray, not from the driver's disk)."""
         from customir.llm.protocol import load_llm
 
-        chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "text"]).to_pydict()
+        chunks = resolve(chunks).select(["chunk_id", "text"]).to_pydict()
         self.text = dict(zip(chunks["chunk_id"], chunks["text"]))
         self.config = config
         self.to_verify = to_verify
@@ -168,11 +171,14 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     log(f"verify: {len(to_verify)} of {candidates.num_rows} queries get LLM checks "
         f"({config.llm.model})")
     with ray_session(ray_config):
-        rows = map_parquet(candidates_dir / DATA_DIR, NegativeVerifier,
-                           constructor_kwargs={"chunks_dir": str(chunks_dir), "config": config,
-                                               "to_verify": to_verify},
-                           batch_size=config.batch_size, num_gpus=llm_gpus(config.llm),
-                           resources=config.llm.resources_per_worker)
+        import ray
+
+        chunks = ray.put(read_table(chunks_dir, CHUNKS).select(["chunk_id", "text"]))
+        rows = map_table(candidates, NegativeVerifier,
+                         constructor_kwargs={"chunks": chunks, "config": config,
+                                             "to_verify": to_verify},
+                         batch_size=config.batch_size, num_gpus=llm_gpus(config.llm),
+                         resources=config.llm.resources_per_worker)
     errors, requests = sum_llm_counts(rows) if rows is not None else ({}, None)
     table, skips = split_skips(rows, TRIPLES, STAGE, "query_id")
     verdicts = Counter(v for vs in table["candidate_verdicts"].to_pylist() for v in vs)

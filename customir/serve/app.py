@@ -25,6 +25,7 @@ from pathlib import Path
 
 from customir.config import ConfigError, EncoderBackend, RayConfig, ServeConfig, ServeIngress
 from customir.manifest import log
+from customir.node_files import ShippedFolder, resolve
 from customir.serve.openai_schema import (Embedding, EmbeddingRequest, EmbeddingResponse,
                                           ModelCard, ModelList, RequestError, Usage,
                                           encode_embedding, validate_request)
@@ -70,8 +71,11 @@ class _BodyLimit:
         await self.app(scope, receive, send)
 
 
-def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = None):
-    """The Ray Serve application (a bound deployment) serving ``model_dir``."""
+def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
+              api_key: str | None = None):
+    """The Ray Serve application (a bound deployment) serving ``model_dir``: a path every
+    replica's node sees, or a :class:`ShippedFolder` (replicas on other nodes than the one that
+    holds it load a copy)."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -123,12 +127,13 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
     )
     @serve.ingress(app)
     class EmbeddingServer:
-        def __init__(self, model_dir: str, config: ServeConfig):
+        def __init__(self, model_dir: str | ShippedFolder, config: ServeConfig):
             from customir.serve.encoder import load_encoder
 
             from concurrent.futures import ThreadPoolExecutor
 
-            self.encoder = load_encoder(model_dir, config.backend, config.encoder_threads)
+            self.encoder = load_encoder(resolve(model_dir), config.backend,
+                                        config.encoder_threads)
             self._encoding = ThreadPoolExecutor(1, thread_name_prefix="encode")
             self.config = config
             self._encode_batch.set_max_batch_size(config.max_batch_size)
@@ -185,7 +190,8 @@ def build_app(model_dir: str | Path, config: ServeConfig, api_key: str | None = 
             return {"status": "ready", "backend": self.config.backend.value,
                     "dimension": self.encoder.dimension}
 
-    return EmbeddingServer.bind(str(model_dir), config)
+    return EmbeddingServer.bind(model_dir if isinstance(model_dir, ShippedFolder)
+                                else str(model_dir), config)
 
 
 def ingress_env(config: ServeConfig) -> dict[str, str]:
@@ -238,7 +244,9 @@ def start(model: str | Path, config: ServeConfig) -> str:
             raise ValueError(f"serve.api_key_env names {config.api_key_env}, which is not set")
     serve.start(http_options={"host": config.host, "port": config.port,
                               "request_timeout_s": config.request_timeout_s})
-    serve.run(build_app(model_dir, config, api_key), name=APP_NAME, route_prefix="/")
+    # replicas may land on nodes that do not see this machine's disk
+    serve.run(build_app(ShippedFolder.ship(model_dir), config, api_key), name=APP_NAME,
+              route_prefix="/")
     url = f"http://{config.host}:{config.port}/v1"
     log(f"serve: {config.model_name} ({config.backend.value}) at {url}/embeddings")
     return url

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from customir import storage
 from customir.config import RayConfig, TrainConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
+from customir.node_files import resolve
 from customir.runtime import ray_session
 from customir.schemas import CHUNKS, TRIPLES, read_table
 from customir.train.dataset import assign_split, build_training_rows, largest_fillable_batch
@@ -79,6 +80,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import torch
     from datasets import Dataset
+    from datasets.table import InMemoryTable
     from ray.train.huggingface.transformers import RayTrainReportCallback
     from sentence_transformers import (SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
@@ -101,15 +103,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     guide = (load_sentence_transformer(cfg.base_model, device=device,
                                        trust_remote_code=cfg.trust_remote_code)
              if cfg.loss.value == "gist" else None)
-    train_rows = Dataset.from_parquet(loop_config["train_rows"])
+    # the rows come through Ray's object store: this worker's node may not see the run folder
+    train_rows = Dataset(InMemoryTable(resolve(loop_config["train_rows"])))
     if cfg.query_prefix or cfg.passage_prefix:
         train_rows = train_rows.map(lambda r: with_prefixes(r, cfg.query_prefix,
                                                             cfg.passage_prefix))
-    val_path = loop_config["validation_rows"]
     evaluator = None
-    if val_path:
+    if loop_config["validation_rows"] is not None:
         val_rows = [with_prefixes(r, cfg.query_prefix, cfg.passage_prefix)
-                    for r in Dataset.from_parquet(val_path).to_list()]
+                    for r in resolve(loop_config["validation_rows"]).to_pylist()]
         evaluator = validation_evaluator(val_rows, loop_config["batch_size"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -252,8 +254,9 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"train": config.model_dump(mode="json"),
-                               "train_rows": str(train_rows),
-                               "validation_rows": str(val_rows) if val_rows else None,
+                               "train_rows": ray.put(pq.read_table(train_rows)),
+                               "validation_rows": (ray.put(pq.read_table(val_rows))
+                                                   if val_rows else None),
                                "threads": cpus, "batch_size": batch_size,
                                "resume_from": resume,
                                "eval_steps": (validation_interval(config, train_rows, batch_size)
