@@ -296,8 +296,10 @@ def _big(n=128):
 def test_an_overloaded_server_answers_503_with_retry_after_at_once(exported, server):
     from ray import serve
 
+    # a generous time limit: on a loaded machine (CI beside a benchmark) one of these 128-text
+    # requests once ran past the default 30 s and got its 408 instead of a 200
     url = _deploy(exported, server, "overload", max_ongoing_requests=1, max_queued_requests=1,
-                  overload_retry_after_s=2)
+                  overload_retry_after_s=2, request_timeout_s=300)
     try:
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             replies = list(pool.map(lambda _: _post(url, _big(), key=None), range(6)))
