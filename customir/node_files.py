@@ -14,7 +14,9 @@ Ray rather than by path:
   actor there.
 
 The driver's path is not assumed to be shared: a node other than the driver's always uses its
-own copy (the price on shared storage is one copy of the folder per node).
+own copy (the price on shared storage is one copy of the folder per node). The tar is built in
+memory on the driver's node and travels through the object store, so both must hold one copy of
+the folder at a time (a BM25 index of 10M chunks: a few GiB).
 
 Usage::
 
