@@ -16,7 +16,7 @@ Ray rather than by path:
 The driver's path is not assumed to be shared: a node other than the driver's always uses its
 own copy (the price on shared storage is one copy of the folder per node). The tar is built in
 memory on the driver's node and travels through the object store, so both must hold one copy of
-the folder at a time (a BM25 index of 10M chunks: a few GiB).
+the folder at a time (as many bytes as the folder holds on disk).
 
 Usage::
 
