@@ -30,20 +30,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from customir.manifest import fingerprint, log, replace_folder, temp_sibling
+from customir.storage import cache_home
 
 __all__ = ["ShippedFolder", "resolve"]
 
 
 def cache_root() -> Path:
-    root = os.environ.get("CUSTOMIR_CACHE") or Path.home() / ".cache" / "customir"
-    return Path(root) / "node-files"
+    return cache_home() / "node-files"
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,8 @@ def delete_dir(location: str | Path) -> None:
     fs, path = resolve(location)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir(path)
+
+
+def cache_home() -> Path:
+    """customir's per-machine cache folder: ``$CUSTOMIR_CACHE``, else ``~/.cache/customir``."""
+    return Path(os.environ.get("CUSTOMIR_CACHE") or Path.home() / ".cache" / "customir")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from customir.storage import cache_home
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:
@@ -48,8 +50,7 @@ class ModelUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CUSTOMIR_CACHE") or Path.home() / ".cache" / "customir"
-    return Path(root) / "models"
+    return cache_home() / "models"
 
 
 def _part_files(model: EmbeddedModel) -> list[Path]:
