@@ -80,9 +80,11 @@ mine.CandidateMiner = NodeMarkingMiner
 killed = []
 if kill:
     def kill_a_node():
-        while len(list(marks.iterdir())) < 3:  # some batches done on each node
+        while len(list(marks.iterdir())) < 3:  # some batches done
             time.sleep(0.05)
-        victim = workers[0]
+        # the victim is a node that has done work: the other node's actor may still be starting
+        busy = {p.name.split("-")[0] for p in marks.iterdir()}
+        victim = next(w for w in workers if w.node_id in busy)
         killed.extend([victim.node_id, time.monotonic_ns()])
         cluster.remove_node(victim, allow_graceful=False)  # SIGKILLs the node's processes
         cluster.add_node(num_cpus=1)  # the autoscaler's replacement
