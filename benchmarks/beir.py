@@ -19,7 +19,9 @@ nDCG@10.
 The pipeline run lives in ``RUNS/<dataset>/run`` (its own report with plots is in
 ``run/evaluation/report.html``); a rerun reuses every finished stage. ``--ablation`` trains one
 variant per factor (one flag each, see VARIANTS) on copies of the main run's upstream stages, so
-only the stages a factor touches run again.
+only the stages a factor touches run again. Each variant is compared with zero-shot and with
+the main run's tuned model (paired randomization test), so a default is changed only for a
+difference that is more than noise.
 
 Writes ``benchmarks/results/<dataset>-<date>.{json,md}``; prints the table and the per-stage wall
 times, then one JSON object as the last line.
@@ -28,6 +30,7 @@ times, then one JSON object as the last line.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from datetime import date
@@ -160,27 +163,35 @@ class Evaluator:
                          normalize_embeddings=True, convert_to_numpy=True)
         return top_k_run(qids, q @ passages.T, self.doc_ids, max(K_VALUES))
 
-    def score(self, tuned_model: str | Path, permutations: int = 10000) -> dict:
+    def score(self, tuned_model: str | Path, cache_name: str | None = None,
+              main: dict | None = None, permutations: int = 10000) -> dict:
+        """Every system with ``tuned_model`` as the tuned one. ``main``: the main run's tuned
+        run (an ablation variant is then also compared with it, as ``tuned`` vs ``main``)."""
         from customir.evaluate.metrics import mean_metrics, paired_randomization_test, \
             per_query_metrics
         from customir.evaluate.retrieval import fuse_runs
 
-        runs = {**self.runs, "tuned": self.dense(tuned_model)}
+        runs = {**self.runs, "tuned": self.dense(tuned_model, cache_name)}
         k = max(K_VALUES)
         runs["hybrid-base"] = fuse_runs([runs["base"], runs["bm25"]], k)
         runs["hybrid"] = fuse_runs([runs["tuned"], runs["bm25"]], k)
-        per_query = {s: per_query_metrics(self.qrels, runs[s], K_VALUES) for s in SYSTEMS}
-        results = {s: {m: round(v, 4) for m, v in mean_metrics(per_query[s]).items()}
-                   for s in SYSTEMS}
+        pairs = [("tuned", "base"), ("tuned", "bm25"), ("hybrid", "hybrid-base"),
+                 ("hybrid", "bm25")]
+        if main is not None:
+            runs["main"] = main
+            pairs.append(("tuned", "main"))
+        per_query = {s: per_query_metrics(self.qrels, runs[s], K_VALUES) for s in runs}
+        means = {s: {m: round(v, 4) for m, v in mean_metrics(per_query[s]).items()}
+                 for s in runs}
+        results = {s: means[s] for s in SYSTEMS}
         qids = sorted(self.qrels)
         comparisons = []
-        for a, b in (("tuned", "base"), ("tuned", "bm25"), ("hybrid", "hybrid-base"),
-                     ("hybrid", "bm25")):
+        for a, b in pairs:
             va = [per_query[a]["nDCG@10"][q] for q in qids]
             vb = [per_query[b]["nDCG@10"][q] for q in qids]
             comparisons.append({
                 "a": a, "b": b, "metric": "nDCG@10", "n_queries": len(qids),
-                "delta": round(results[a]["nDCG@10"] - results[b]["nDCG@10"], 4),
+                "delta": round(means[a]["nDCG@10"] - means[b]["nDCG@10"], 4),
                 "p_value": paired_randomization_test(va, vb, permutations)})
         return {"n_queries": len(qids), "results": results, "comparisons": comparisons}
 
@@ -234,24 +245,27 @@ def markdown(dataset: str, main: dict, ablation: dict[str, dict], timings: dict,
                 for s in STAGES if s in timings), ""]
     if ablation:
         lines += ["## Ablation (one factor per row; tuned model unless noted)", "",
-                  "| variant | overrides | tuned nDCG@10 | Δ vs base (p) | R@100 | hybrid nDCG@10 "
-                  "| train s | training rows |", "|---|---|---|---|---|---|---|---|"]
+                  "| variant | overrides | tuned nDCG@10 | Δ vs base (p) | Δ vs main (p) | R@100 "
+                  "| hybrid nDCG@10 | train s | training rows |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         r = main["results"]
         c = next(c for c in main["comparisons"] if (c["a"], c["b"]) == ("tuned", "base"))
         lines.append(f"| main | (main config) | {r['tuned']['nDCG@10']:.4f} | {c['delta']:+.4f} "
-                     f"({c['p_value']:.3f}) | {r['tuned']['Recall@100']:.4f} "
+                     f"({c['p_value']:.3f}) | | {r['tuned']['Recall@100']:.4f} "
                      f"| {r['hybrid']['nDCG@10']:.4f} | {timings['train']['seconds']:.0f} "
                      f"| {meta.get('training_rows', '')} |")
         for name, v in ablation.items():
             if "error" in v:
                 lines.append(f"| {name} | {' '.join(v['overrides'])} | failed: {v['error']} "
-                             "| | | | | |")
+                             "| | | | | | |")
                 continue
             r = v["results"]
             c = next(c for c in v["comparisons"] if (c["a"], c["b"]) == ("tuned", "base"))
+            m = next((f"{c['delta']:+.4f} ({c['p_value']:.3f})" for c in v["comparisons"]
+                      if (c["a"], c["b"]) == ("tuned", "main")), "not compared")
             lines.append(f"| {name} | `{' '.join(v['overrides']) or '(main config)'}` "
                          f"| {r['tuned']['nDCG@10']:.4f} | {c['delta']:+.4f} "
-                         f"({c['p_value']:.3f}) | {r['tuned']['Recall@100']:.4f} "
+                         f"({c['p_value']:.3f}) | {m} | {r['tuned']['Recall@100']:.4f} "
                          f"| {r['hybrid']['nDCG@10']:.4f} | {v['train_seconds']:.0f} "
                          f"| {v['training_rows']} |")
         lines.append("")
@@ -299,11 +313,17 @@ def main() -> None:
         main_result = None
     evaluator = Evaluator(documents, queries, qrels, config.train.base_model,
                           root / "cache", config.evaluate.batch_size)
-    if main_result is None:
-        main_result = evaluator.score(Path(config.run_dir) / "train" / "model")
+    main_model = Path(config.run_dir) / "train" / "model"
     train_manifest = Manifest.read(Path(config.run_dir) / "train")
+    # the main model's document embeddings are cached under a name unique to its training run
+    main_name = "tuned-" + hashlib.sha1(
+        f"{train_manifest.config_hash} {train_manifest.finished_at}".encode()).hexdigest()[:12]
+    if main_result is None:
+        main_result = evaluator.score(main_model, main_name)
+    variants = VARIANTS if args.ablation == [] else args.ablation or []
+    main_run = evaluator.dense(main_model, main_name) if variants else None
 
-    for variant in (VARIANTS if args.ablation == [] else args.ablation or []):
+    for variant in variants:
         overrides = variant_overrides(variant, config)
         variant_run = root / "ablation" / variant
         seed_variant(Path(config.run_dir), variant_run)
@@ -319,7 +339,8 @@ def main() -> None:
         ablation[variant] = {"overrides": overrides, "timings": vtimings,
                              "train_seconds": trained.seconds,
                              "training_rows": trained.balances["queries"].n_out,
-                             **evaluator.score(variant_run / "train" / "model")}
+                             **evaluator.score(variant_run / "train" / "model",
+                                               main=main_run)}
 
     pipeline_minutes = sum(t["seconds"] for t in timings.values()) / 60
     meta = {"config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)

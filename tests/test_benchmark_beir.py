@@ -55,11 +55,18 @@ def test_beir_benchmark_runs_the_pipeline_and_scores_every_system(tmp_path):
     variant = result["ablation"]["structural_only"]
     assert variant["timings"]["ingest"]["ran_now"] is False  # upstream stages were reused
     assert variant["timings"]["train"]["ran_now"] is True
+    # the variant is tested against zero-shot and against the main run's tuned model
+    versus = {(c["a"], c["b"]): c for c in variant["comparisons"]}
+    assert {("tuned", "base"), ("tuned", "main")} <= set(versus)
+    assert 0 < versus["tuned", "main"]["p_value"] <= 1
+    assert versus["tuned", "main"]["delta"] == pytest.approx(
+        variant["results"]["tuned"]["nDCG@10"] - systems["tuned"]["nDCG@10"], abs=2e-4)
     trained = json.loads((tmp_path / "runs" / "toyfact" / "ablation" / "structural_only" /
                           "train" / "_manifest.json").read_text())
     assert trained["balances"]["queries"]["skipped"]["kind_not_trained"] > 0
     table = Path(figures["results_file"]).with_suffix(".md").read_text()
     assert "| hybrid-base |" in table and "| structural_only |" in table
+    assert "| Δ vs main (p) |" in table
     assert "| stage | seconds | this invocation |" in done.stdout
 
 
