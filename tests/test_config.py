@@ -29,6 +29,16 @@ def test_config_hash_changes_with_settings():
     assert a.train.config_hash() == b.train.config_hash()
 
 
+def test_how_often_training_may_fail_is_not_part_of_its_hash():
+    """``train.max_failures`` changes how the stage runs, not what it writes: changing it must
+    neither rerun a finished stage nor orphan its checkpoints (one folder per settings hash)."""
+    a = load_config()
+    b = load_config(None, ["train.max_failures=0"])
+    c = load_config(None, ["train.max_steps=7"])
+    assert b.train.max_failures == 0 != a.train.max_failures
+    assert a.train.config_hash() == b.train.config_hash() != c.train.config_hash()
+
+
 @pytest.mark.parametrize("text, message", [
     ("corpus: [unclosed", "not valid YAML"),
     ("- a\n- b\n", "top level must be a mapping"),

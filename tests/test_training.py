@@ -171,6 +171,78 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, whe
     assert not storage.exists(location)  # checkpoints are removed once the model is published
 
 
+def _train_worker_pids() -> set[int]:
+    """Processes of Ray Train workers on this machine (Ray titles them ``ray::RayTrainWorker``)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(
+                    b"ray::RayTrainWorker"):
+                pids.add(int(entry.name))
+        except OSError:  # the process ended while being looked at
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("max_failures", [1, 0])
+def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_stage(
+        triples, tmp_path, max_failures):
+    """The worker process is SIGKILLed after the first checkpoint (as when its node is lost, or
+    Ray's placement-group cleaner wrongly takes the controller for dead under load): with
+    ``max_failures`` 1 Ray Train restarts it from that checkpoint and the stage finishes in the
+    same call; with 0 the stage fails, and nothing is published."""
+    import threading
+
+    settings = {**SMALL, "eval_steps": 3, "max_steps": 15, "patience": None,
+                "max_failures": max_failures}
+    out = tmp_path / "run"
+    before = _train_worker_pids()
+    outcome = {}
+
+    def train():
+        try:
+            outcome["manifest"] = _train(triples, tmp_path, **settings)[0]
+        except Exception as exc:  # noqa: BLE001  (the test inspects it)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    location = out / ".ray" / TrainConfig(**settings).config_hash()
+    deadline = time.monotonic() + 300
+    # a checkpoint Ray Train has registered (one it had not would be lost with the worker)
+    while not (trainer.latest_checkpoint(location) and _train_worker_pids() - before):
+        assert thread.is_alive(), outcome
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    [victim] = _train_worker_pids() - before
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    if max_failures:
+        assert "manifest" in outcome, repr(outcome.get("error"))[-3000:]
+        metrics = outcome["manifest"].extra["metrics"]
+        assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 15
+        assert (out / "train" / trainer.MODEL_DIR / "config.json").is_file()
+    else:
+        assert "error" in outcome and not (out / "train").exists()
+        assert trainer.latest_checkpoint(location)  # kept for a rerun to resume from
+
+
+def test_only_a_checkpoint_ray_train_registered_is_resumed_from(tmp_path):
+    root = tmp_path / "train"
+    for name in ("checkpoint_2026-01-01_10-00-00.000001", "checkpoint_2026-01-01_11-00-00.000001"):
+        (root / name / "checkpoint").mkdir(parents=True)
+        (root / name / "checkpoint" / "trainer_state.json").write_text("{}")
+    assert trainer.latest_checkpoint(tmp_path) is None  # no snapshot: nothing was registered
+    (root / trainer.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
+        {"checkpoint_dir_name": "checkpoint_2026-01-01_10-00-00.000001"}]}))
+    # the newer folder was being written when its worker died: never registered, never used
+    assert trainer.latest_checkpoint(tmp_path) == str(
+        root / "checkpoint_2026-01-01_10-00-00.000001" / "checkpoint")
+    (root / trainer.RAY_SNAPSHOT).write_text("{not json")
+    assert trainer.latest_checkpoint(tmp_path) is None
+
+
 def test_deepspeed_asked_for_but_missing_is_one_clear_error(tmp_path, monkeypatch):
     import importlib.util
 

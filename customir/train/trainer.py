@@ -146,7 +146,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=train_rows, evaluator=evaluator,
             loss=make_loss(model, cfg, guide), callbacks=callbacks)
-        resume = resume_point(ray.train.get_checkpoint(), loop_config.get("resume_from"),
+        resume = resume_point(ray.train.get_checkpoint(), loop_config["checkpoints"],
                               Path(scratch))
         resumed_from = resumed_step(resume)  # read now: Ray prunes old checkpoints as it goes
         training = time.time()
@@ -197,22 +197,25 @@ def validation_interval(config: TrainConfig, train_rows: Path, batch_size: int) 
     return max(1, min(config.eval_steps, total // 4))
 
 
-def resume_point(ray_checkpoint, fallback: str | None, scratch: Path) -> str | None:
-    """The local Hugging Face checkpoint folder to resume from: Ray Train's latest reported one,
-    else the newest left in the storage location by an interrupted earlier run (``fallback``);
-    checkpoints in cloud storage are downloaded into ``scratch`` first."""
+def resume_point(ray_checkpoint, location: str, scratch: Path) -> str | None:
+    """The local Hugging Face checkpoint folder to resume from: the further on of the latest
+    checkpoint Ray Train handed this worker and the newest one registered in the storage
+    ``location`` (by an interrupted earlier run); checkpoints in cloud storage are downloaded
+    into ``scratch`` first."""
     import pyarrow.fs as pafs
 
+    registered = None
     if ray_checkpoint is not None:
         if isinstance(ray_checkpoint.filesystem, pafs.LocalFileSystem):
             folder = Path(ray_checkpoint.path) / "checkpoint"
         else:
             folder = Path(ray_checkpoint.to_directory(str(scratch / "resume"))) / "checkpoint"
         if (folder / "trainer_state.json").is_file():
-            return str(folder)
-    if fallback:
-        return str(storage.download(fallback, scratch / "resume-earlier-run"))
-    return None
+            registered = str(folder)
+    newest = latest_checkpoint(location)
+    if newest and (registered is None or resumed_step(newest) > resumed_step(registered)):
+        return str(storage.download(newest, scratch / "resume-newest"))
+    return registered
 
 
 def resumed_step(resume: str | None) -> int:
@@ -223,21 +226,29 @@ def resumed_step(resume: str | None) -> int:
 
 
 def latest_checkpoint(location: str | Path) -> str | None:
-    """The newest Hugging Face checkpoint that an earlier, interrupted run reported into
-    ``location`` (a local path or a cloud URI; Ray Train names checkpoint folders by time, so
-    the last name is the newest)."""
+    """The newest Hugging Face checkpoint that a run reported into ``location`` (a local path or
+    a cloud URI) and Ray Train registered (listed in its checkpoint manager's snapshot): a
+    folder a worker was killed while writing is never resumed from. Ray Train names checkpoint
+    folders by time, so the last name is the newest."""
     root = storage.join(location, "train")
-    for name in reversed(storage.list_dirs(root)):
+    try:
+        snapshot = json.loads(storage.read_text(storage.join(root, RAY_SNAPSHOT)))
+        names = sorted(r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or not a format we know
+        return None
+    for name in reversed(names):
         candidate = storage.join(root, name, "checkpoint")
-        if name.startswith("checkpoint_") and storage.exists(
-                storage.join(candidate, "trainer_state.json")):
+        if storage.exists(storage.join(candidate, "trainer_state.json")):
             return candidate
     return None
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
+
+
 def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location: str,
          ray_config: RayConfig | None, batch_size: int) -> tuple[dict, Path]:
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     resume = latest_checkpoint(location)
@@ -258,14 +269,15 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
                                "validation_rows": (ray.put(pq.read_table(val_rows))
                                                    if val_rows else None),
                                "threads": cpus, "batch_size": batch_size,
-                               "resume_from": resume,
+                               "checkpoints": location,
                                "eval_steps": (validation_interval(config, train_rows, batch_size)
                                               if val_rows else config.eval_steps)},
             scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                          resources_per_worker={"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
             run_config=RunConfig(storage_path=path, storage_filesystem=filesystem, name="train",
-                                 checkpoint_config=CheckpointConfig(num_to_keep=3)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=3),
+                                 failure_config=FailureConfig(max_failures=config.max_failures)),
         )
         result = trainer.fit()
         if result.checkpoint is None or not (result.metrics or {}).get(FINAL):
