@@ -225,6 +225,9 @@ def resumed_step(resume: str | None) -> int:
     return int(json.loads(state)["global_step"])
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
+
+
 def latest_checkpoint(location: str | Path) -> str | None:
     """The newest Hugging Face checkpoint that a run reported into ``location`` (a local path or
     a cloud URI) and Ray Train registered (listed in its checkpoint manager's snapshot): a
@@ -241,9 +244,6 @@ def latest_checkpoint(location: str | Path) -> str | None:
         if storage.exists(storage.join(candidate, "trainer_state.json")):
             return candidate
     return None
-
-
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
 
 
 def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location: str,
