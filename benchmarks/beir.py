@@ -135,6 +135,7 @@ class Evaluator:
         self.documents, self.queries, self.qrels = documents, queries, qrels
         self.doc_ids = list(documents)
         self.batch_size, self.cache_dir = batch_size, cache_dir
+        self.named_runs: dict[str, dict] = {}  # dense runs by cache name: a model runs once
         index = BM25Index(list(documents.values()))
         self.runs = {"bm25": bm25_run(index, queries, self.doc_ids, max(K_VALUES))}
         self.runs["base"] = self.dense(base_model, "base")
@@ -145,6 +146,8 @@ class Evaluator:
         from customir.evaluate.retrieval import top_k_run
         from customir.models import load_sentence_transformer
 
+        if cache_name in self.named_runs:
+            return self.named_runs[cache_name]
         model = load_sentence_transformer(model_path)
         model.max_seq_length = 256
         cached = self.cache_dir / f"{cache_name}-{len(self.doc_ids)}.npy" if cache_name else None
@@ -161,7 +164,10 @@ class Evaluator:
         qids = list(self.queries)
         q = model.encode([self.queries[i] for i in qids], batch_size=self.batch_size,
                          normalize_embeddings=True, convert_to_numpy=True)
-        return top_k_run(qids, q @ passages.T, self.doc_ids, max(K_VALUES))
+        run = top_k_run(qids, q @ passages.T, self.doc_ids, max(K_VALUES))
+        if cache_name:
+            self.named_runs[cache_name] = run
+        return run
 
     def score(self, tuned_model: str | Path, cache_name: str | None = None,
               main: dict | None = None, permutations: int = 10000) -> dict:
