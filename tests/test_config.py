@@ -44,6 +44,7 @@ def test_how_often_training_may_fail_is_not_part_of_its_hash():
     ("- a\n- b\n", "top level must be a mapping"),
     ("mine:\n  top_kk: 3\n", "top_kk"),
     ("train:\n  epochs: many\n", "epochs"),
+    ("train:\n  max_failures: -1\n", "max_failures"),
 ])
 def test_bad_config_files_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
