@@ -12,9 +12,13 @@ Evaluation follows the standard BEIR protocol, independent of the pipeline's chu
 document is ``title + " " + text``, encoded whole (max_seq_length 256) and ranked by cosine, or
 by BM25 (bm25s, Lucene scoring, English stemmer and stopwords). Systems: ``bm25``, ``base``
 (the untuned model), ``tuned``, and the reciprocal-rank fusions ``hybrid-base`` (BM25 + base,
-the bar any hybrid has to clear) and ``hybrid`` (BM25 + tuned). nDCG, Recall, P, MAP and MRR at
-1/5/10/100 (pytrec_eval); every difference comes with a paired randomization test on per-query
-nDCG@10.
+the bar any hybrid has to clear) and ``hybrid`` (BM25 + tuned). The same dense models are also
+scored the way customir indexes a corpus, on the run's own chunks (``title + " " + chunk``, a
+document scoring as its best chunk, MaxP): ``base-chunks``, ``tuned-chunks`` and their fusions
+with BM25, ``hybrid-base-chunks`` and ``hybrid-chunks``. Most documents are longer than the 256
+word pieces a whole-document encoding reads, so the chunked protocol sees the whole text.
+nDCG, Recall, P, MAP and MRR at 1/5/10/100 (pytrec_eval); every difference comes with a paired
+randomization test on per-query nDCG@10.
 
 The pipeline run lives in ``RUNS/<dataset>/run`` (its own report with plots is in
 ``run/evaluation/report.html``); a rerun reuses every finished stage. ``--ablation`` trains one
@@ -41,7 +45,13 @@ from common import ROOT, logger  # noqa: E402  (sets up sys.path and env)
 say = logger("beir-bench")
 
 STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate")  # export is not judged
-SYSTEMS = ("bm25", "base", "tuned", "hybrid-base", "hybrid")
+SYSTEMS = ("bm25", "base", "tuned", "hybrid-base", "hybrid",
+           "base-chunks", "tuned-chunks", "hybrid-base-chunks", "hybrid-chunks")
+# each pair is tested (paired randomization on per-query nDCG@10); "main": the main run's model
+COMPARISONS = (("tuned", "base"), ("tuned", "bm25"), ("hybrid", "hybrid-base"), ("hybrid", "bm25"),
+               ("tuned-chunks", "base-chunks"), ("tuned-chunks", "bm25"),
+               ("hybrid-chunks", "hybrid-base-chunks"))
+MAIN_COMPARISONS = (("tuned", "main"), ("tuned-chunks", "main-chunks"))
 K_VALUES = [1, 5, 10, 100]
 STRUCTURAL_KINDS = ["title", "heading", "subject"]
 LLM_KINDS = ["keyword", "question", "claim", "multihop"]
@@ -92,6 +102,30 @@ def read_test_set(dataset: Path, split: str) -> tuple[dict[str, str], dict]:
     return {q: queries[q] for q in qrels}, qrels
 
 
+def read_chunks(run_dir: Path) -> tuple[list[str], list[str]]:
+    """The run's chunks as (document id, ``title + " " + chunk``) columns, in chunk order."""
+    from customir.schemas import CHUNKS, read_table
+
+    table = read_table(run_dir / "chunks", CHUNKS).select(["doc_id", "title", "text"]).to_pydict()
+    texts = [f"{title or ''} {text}".strip() for title, text in zip(table["title"], table["text"])]
+    return table["doc_id"], texts
+
+
+def best_chunk_per_document(scores, chunk_doc, n_documents: int):
+    """A (queries × documents) matrix from a (queries × chunks) one: each document scores as its
+    best chunk (MaxP); a document without chunks scores -inf.
+
+    >>> import numpy as np
+    >>> best_chunk_per_document(np.array([[0.2, 0.9, 0.5]]), np.array([0, 0, 2]), 3).tolist()
+    [[0.9, -inf, 0.5]]
+    """
+    import numpy as np
+
+    out = np.full((scores.shape[0], n_documents), -np.inf, dtype=scores.dtype)
+    np.maximum.at(out.T, chunk_doc, scores.T)
+    return out
+
+
 # -- the pipeline ---------------------------------------------------------------------------------
 def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
     """The pipeline up to ``until``; per stage: seconds (from its manifest: the whole stage,
@@ -125,24 +159,33 @@ def _finished_at(folder: Path) -> str | None:
 # -- evaluation on the human test queries ---------------------------------------------------------
 class Evaluator:
     """Scores systems on the dataset's test queries; the BM25 run and the base model's document
-    embeddings are computed once and reused by every variant."""
+    and chunk embeddings are computed once and reused by every variant."""
 
-    def __init__(self, documents: dict[str, str], queries: dict[str, str], qrels: dict,
-                 base_model: str, cache_dir: Path, batch_size: int = 64):
+    def __init__(self, documents: dict[str, str], chunks: tuple[list[str], list[str]],
+                 queries: dict[str, str], qrels: dict, base_model: str, cache_dir: Path,
+                 batch_size: int = 64):
+        import numpy as np
+
         from customir.evaluate.retrieval import bm25_run
         from customir.negatives.bm25 import BM25Index
 
         self.documents, self.queries, self.qrels = documents, queries, qrels
         self.doc_ids = list(documents)
+        position = {doc: i for i, doc in enumerate(self.doc_ids)}
+        chunk_docs, self.chunk_texts = chunks
+        unknown = sorted(set(chunk_docs) - set(position))
+        if unknown:
+            raise SystemExit(f"{len(unknown)} chunked documents are not in corpus.jsonl "
+                             f"(e.g. {unknown[0]!r}): the run was made from another corpus")
+        self.chunk_doc = np.array([position[d] for d in chunk_docs], dtype=np.int64)
         self.batch_size, self.cache_dir = batch_size, cache_dir
-        self.named_runs: dict[str, dict] = {}  # dense runs by cache name: a model runs once
+        self.named_runs: dict[str, tuple[dict, dict]] = {}  # by cache name: a model runs once
         index = BM25Index(list(documents.values()))
         self.runs = {"bm25": bm25_run(index, queries, self.doc_ids, max(K_VALUES))}
-        self.runs["base"] = self.dense(base_model, "base")
+        self.runs["base"], self.runs["base-chunks"] = self.dense(base_model, "base")
 
-    def dense(self, model_path: str | Path, cache_name: str | None = None) -> dict:
-        import numpy as np
-
+    def dense(self, model_path: str | Path, cache_name: str | None = None) -> tuple[dict, dict]:
+        """The model's runs on whole documents and on chunks (MaxP)."""
         from customir.evaluate.retrieval import top_k_run
         from customir.models import load_sentence_transformer
 
@@ -150,42 +193,55 @@ class Evaluator:
             return self.named_runs[cache_name]
         model = load_sentence_transformer(model_path)
         model.max_seq_length = 256
-        cached = self.cache_dir / f"{cache_name}-{len(self.doc_ids)}.npy" if cache_name else None
-        if cached and cached.is_file():
-            passages = np.load(cached)
-        else:
-            say(f"encoding {len(self.doc_ids)} documents with {model_path}")
-            passages = model.encode([self.documents[d] for d in self.doc_ids],
-                                    batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True)
-            if cached:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                np.save(cached, passages)
+        passages = self._encode(model, model_path, cache_name, "documents",
+                                [self.documents[d] for d in self.doc_ids])
+        chunks = self._encode(model, model_path, cache_name, "chunks", self.chunk_texts)
         qids = list(self.queries)
         q = model.encode([self.queries[i] for i in qids], batch_size=self.batch_size,
                          normalize_embeddings=True, convert_to_numpy=True)
-        run = top_k_run(qids, q @ passages.T, self.doc_ids, max(K_VALUES))
+        k = max(K_VALUES)
+        runs = (top_k_run(qids, q @ passages.T, self.doc_ids, k),
+                top_k_run(qids, best_chunk_per_document(q @ chunks.T, self.chunk_doc,
+                                                        len(self.doc_ids)), self.doc_ids, k))
         if cache_name:
-            self.named_runs[cache_name] = run
-        return run
+            self.named_runs[cache_name] = runs
+        return runs
+
+    def _encode(self, model, model_path, cache_name: str | None, what: str, texts: list[str]):
+        import numpy as np
+
+        suffix = "" if what == "documents" else f"-{what}"  # document caches keep their names
+        cached = (self.cache_dir / f"{cache_name}{suffix}-{len(texts)}.npy" if cache_name
+                  else None)
+        if cached and cached.is_file():
+            return np.load(cached)
+        say(f"encoding {len(texts)} {what} with {model_path}")
+        vectors = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                               convert_to_numpy=True)
+        if cached:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            np.save(cached, vectors)
+        return vectors
 
     def score(self, tuned_model: str | Path, cache_name: str | None = None,
-              main: dict | None = None, permutations: int = 10000) -> dict:
+              main: tuple[dict, dict] | None = None, permutations: int = 10000) -> dict:
         """Every system with ``tuned_model`` as the tuned one. ``main``: the main run's tuned
-        run (an ablation variant is then also compared with it, as ``tuned`` vs ``main``)."""
+        runs (an ablation variant is then also compared with them, as ``tuned`` vs ``main``)."""
         from customir.evaluate.metrics import mean_metrics, paired_randomization_test, \
             per_query_metrics
         from customir.evaluate.retrieval import fuse_runs
 
-        runs = {**self.runs, "tuned": self.dense(tuned_model, cache_name)}
+        runs = dict(self.runs)
+        runs["tuned"], runs["tuned-chunks"] = self.dense(tuned_model, cache_name)
         k = max(K_VALUES)
-        runs["hybrid-base"] = fuse_runs([runs["base"], runs["bm25"]], k)
-        runs["hybrid"] = fuse_runs([runs["tuned"], runs["bm25"]], k)
-        pairs = [("tuned", "base"), ("tuned", "bm25"), ("hybrid", "hybrid-base"),
-                 ("hybrid", "bm25")]
+        for hybrid, dense in (("hybrid-base", "base"), ("hybrid", "tuned"),
+                              ("hybrid-base-chunks", "base-chunks"),
+                              ("hybrid-chunks", "tuned-chunks")):
+            runs[hybrid] = fuse_runs([runs[dense], runs["bm25"]], k)
+        pairs = list(COMPARISONS)
         if main is not None:
-            runs["main"] = main
-            pairs.append(("tuned", "main"))
+            runs["main"], runs["main-chunks"] = main
+            pairs += MAIN_COMPARISONS
         per_query = {s: per_query_metrics(self.qrels, runs[s], K_VALUES) for s in runs}
         means = {s: {m: round(v, 4) for m, v in mean_metrics(per_query[s]).items()}
                  for s in runs}
@@ -235,8 +291,10 @@ def markdown(dataset: str, main: dict, ablation: dict[str, dict], timings: dict,
     columns = ["nDCG@10", "Recall@10", "Recall@100", "MRR@10", "MAP@10", "P@1"]
     lines = [f"# {dataset}: {main['n_queries']} test queries, {date.today().isoformat()}", "",
              f"Config: `{meta['config']}` + {meta['overrides'] or 'no overrides'}; "
-             f"{meta['documents']} documents; whole run {meta['pipeline_minutes']:.1f} min "
-             "(pipeline stages) on this machine.", "",
+             f"{meta['documents']} documents ({meta['chunks']} chunks); whole run "
+             f"{meta['pipeline_minutes']:.1f} min (pipeline stages) on this machine.", "",
+             "Whole documents (BEIR protocol, truncated at 256 word pieces) and, as `-chunks`, "
+             "the run's own chunks (a document scores as its best chunk).", "",
              "| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for system in SYSTEMS:
         m = main["results"][system]
@@ -252,18 +310,18 @@ def markdown(dataset: str, main: dict, ablation: dict[str, dict], timings: dict,
     if ablation:
         lines += ["## Ablation (one factor per row; tuned model unless noted)", "",
                   "| variant | overrides | tuned nDCG@10 | Δ vs base (p) | Δ vs main (p) | R@100 "
-                  "| hybrid nDCG@10 | train s | training rows |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| hybrid nDCG@10 | tuned-chunks nDCG@10 | train s | training rows |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         r = main["results"]
         c = next(c for c in main["comparisons"] if (c["a"], c["b"]) == ("tuned", "base"))
         lines.append(f"| main | (main config) | {r['tuned']['nDCG@10']:.4f} | {c['delta']:+.4f} "
                      f"({c['p_value']:.3f}) | | {r['tuned']['Recall@100']:.4f} "
-                     f"| {r['hybrid']['nDCG@10']:.4f} | {timings['train']['seconds']:.0f} "
-                     f"| {meta.get('training_rows', '')} |")
+                     f"| {r['hybrid']['nDCG@10']:.4f} | {_ndcg(r, 'tuned-chunks')} "
+                     f"| {timings['train']['seconds']:.0f} | {meta.get('training_rows', '')} |")
         for name, v in ablation.items():
             if "error" in v:
                 lines.append(f"| {name} | {' '.join(v['overrides'])} | failed: {v['error']} "
-                             "| | | | | | |")
+                             "| | | | | | | |")
                 continue
             r = v["results"]
             c = next(c for c in v["comparisons"] if (c["a"], c["b"]) == ("tuned", "base"))
@@ -272,10 +330,16 @@ def markdown(dataset: str, main: dict, ablation: dict[str, dict], timings: dict,
             lines.append(f"| {name} | `{' '.join(v['overrides']) or '(main config)'}` "
                          f"| {r['tuned']['nDCG@10']:.4f} | {c['delta']:+.4f} "
                          f"({c['p_value']:.3f}) | {m} | {r['tuned']['Recall@100']:.4f} "
-                         f"| {r['hybrid']['nDCG@10']:.4f} | {v['train_seconds']:.0f} "
-                         f"| {v['training_rows']} |")
+                         f"| {r['hybrid']['nDCG@10']:.4f} | {_ndcg(r, 'tuned-chunks')} "
+                         f"| {v['train_seconds']:.0f} | {v['training_rows']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _ndcg(results: dict, system: str) -> str:
+    """nDCG@10 of a system, or "not scored" (a variant kept from a results file that predates
+    the system)."""
+    return f"{results[system]['nDCG@10']:.4f}" if system in results else "not scored"
 
 
 def main() -> None:
@@ -314,10 +378,13 @@ def main() -> None:
         previous = json.loads(out_json.read_text())
         main_result, timings = previous["main"], previous["stage_seconds"]
         ablation = previous.get("ablation", {})  # earlier variants stay; rerun ones are replaced
+        if set(SYSTEMS) - set(main_result["results"]):
+            main_result = None  # written before a system was added: the main run is rescored
     else:
         timings = run_stages(config)
         main_result = None
-    evaluator = Evaluator(documents, queries, qrels, config.train.base_model,
+    chunks = read_chunks(Path(config.run_dir))
+    evaluator = Evaluator(documents, chunks, queries, qrels, config.train.base_model,
                           root / "cache", config.evaluate.batch_size)
     main_model = Path(config.run_dir) / "train" / "model"
     train_manifest = Manifest.read(Path(config.run_dir) / "train")
@@ -351,7 +418,7 @@ def main() -> None:
     pipeline_minutes = sum(t["seconds"] for t in timings.values()) / 60
     meta = {"config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
                           else args.config),
-            "overrides": args.overrides, "documents": len(documents),
+            "overrides": args.overrides, "documents": len(documents), "chunks": len(chunks[0]),
             "pipeline_minutes": round(pipeline_minutes, 1),
             "training_rows": train_manifest.balances["queries"].n_out}
     table = markdown(name, main_result, ablation, timings, meta)

@@ -43,12 +43,17 @@ def test_beir_benchmark_runs_the_pipeline_and_scores_every_system(tmp_path):
         figures["ndcg10_tuned"] / figures["ndcg10_base"], abs=1e-3)
     result = json.loads(Path(figures["results_file"]).read_text())
     systems = result["main"]["results"]
-    assert set(systems) == {"bm25", "base", "tuned", "hybrid-base", "hybrid"}
+    assert set(systems) == {"bm25", "base", "tuned", "hybrid-base", "hybrid", "base-chunks",
+                            "tuned-chunks", "hybrid-base-chunks", "hybrid-chunks"}
     assert all(0 < s["nDCG@10"] <= 1 for s in systems.values())
     # the corpus alone went in: ingest saw one file, and no stage read the queries
     run = tmp_path / "runs" / "toyfact" / "run"
     ingested = json.loads((run / "chunks" / "_manifest.json").read_text())
     assert ingested["balances"]["documents"]["n_in"] == 240
+    # the chunked systems read every chunk the run made
+    assert result["chunks"] == ingested["balances"]["chunks"]["n_out"] > 0
+    tested = {(c["a"], c["b"]) for c in result["main"]["comparisons"]}
+    assert {("tuned-chunks", "base-chunks"), ("hybrid-chunks", "hybrid-base-chunks")} <= tested
     assert set(result["stage_seconds"]) == {"ingest", "generate", "mine", "verify", "train",
                                             "evaluate"}
     assert (run / "evaluation" / "report.html").is_file()
@@ -57,7 +62,7 @@ def test_beir_benchmark_runs_the_pipeline_and_scores_every_system(tmp_path):
     assert variant["timings"]["train"]["ran_now"] is True
     # the variant is tested against zero-shot and against the main run's tuned model
     versus = {(c["a"], c["b"]): c for c in variant["comparisons"]}
-    assert {("tuned", "base"), ("tuned", "main")} <= set(versus)
+    assert {("tuned", "base"), ("tuned", "main"), ("tuned-chunks", "main-chunks")} <= set(versus)
     assert 0 < versus["tuned", "main"]["p_value"] <= 1
     assert versus["tuned", "main"]["delta"] == pytest.approx(
         variant["results"]["tuned"]["nDCG@10"] - systems["tuned"]["nDCG@10"], abs=2e-4)
@@ -65,7 +70,8 @@ def test_beir_benchmark_runs_the_pipeline_and_scores_every_system(tmp_path):
                           "train" / "_manifest.json").read_text())
     assert trained["balances"]["queries"]["skipped"]["kind_not_trained"] > 0
     table = Path(figures["results_file"]).with_suffix(".md").read_text()
-    assert "| hybrid-base |" in table and "| structural_only |" in table
+    assert "| hybrid-base |" in table and "| hybrid-chunks |" in table
+    assert "| structural_only |" in table
     assert "| Δ vs main (p) |" in table
     assert "| stage | seconds | this invocation |" in done.stdout
 
@@ -79,3 +85,19 @@ def test_a_folder_that_is_not_beir_is_one_clear_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1].endswith("notbeir: no corpus.jsonl (not a BEIR "
                                                          "folder)")
     assert "Traceback" not in done.stderr
+
+
+def test_a_document_scores_as_its_best_chunk():
+    import numpy as np
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from beir import best_chunk_per_document
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 9)).astype(np.float32)
+    chunk_doc = np.array([0, 0, 1, 3, 3, 3, 0, 1, 4])  # document 2 has no chunk
+    got = best_chunk_per_document(scores, chunk_doc, 5)
+    for doc in range(5):
+        mine = scores[:, chunk_doc == doc]
+        want = mine.max(axis=1) if mine.size else np.full(4, -np.inf)
+        assert np.array_equal(got[:, doc], want)
