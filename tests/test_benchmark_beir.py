@@ -101,3 +101,13 @@ def test_a_document_scores_as_its_best_chunk():
         mine = scores[:, chunk_doc == doc]
         want = mine.max(axis=1) if mine.size else np.full(4, -np.inf)
         assert np.array_equal(got[:, doc], want)
+
+
+def test_chunks_of_another_corpus_are_one_clear_error(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from beir import Evaluator
+
+    with pytest.raises(SystemExit, match=r"1 chunked documents are not in corpus.jsonl "
+                                         r"\(e.g. 'other'\)"):
+        Evaluator({"d1": "a document"}, (["d1", "other"], ["a chunk", "another chunk"]),
+                  {"q": "a query"}, {"q": {"d1": 1}}, "all-MiniLM-L6-v2", tmp_path)
