@@ -47,6 +47,9 @@ say = logger("beir-bench")
 STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate")  # export is not judged
 SYSTEMS = ("bm25", "base", "tuned", "hybrid-base", "hybrid",
            "base-chunks", "tuned-chunks", "hybrid-base-chunks", "hybrid-chunks")
+# each fusion (reciprocal rank) of a dense system with BM25
+HYBRIDS = {"hybrid-base": "base", "hybrid": "tuned", "hybrid-base-chunks": "base-chunks",
+           "hybrid-chunks": "tuned-chunks"}
 # each pair is tested (paired randomization on per-query nDCG@10); "main": the main run's model
 COMPARISONS = (("tuned", "base"), ("tuned", "bm25"), ("hybrid", "hybrid-base"), ("hybrid", "bm25"),
                ("tuned-chunks", "base-chunks"), ("tuned-chunks", "bm25"),
@@ -193,9 +196,11 @@ class Evaluator:
             return self.named_runs[cache_name]
         model = load_sentence_transformer(model_path)
         model.max_seq_length = 256
-        passages = self._encode(model, model_path, cache_name, "documents",
-                                [self.documents[d] for d in self.doc_ids])
-        chunks = self._encode(model, model_path, cache_name, "chunks", self.chunk_texts)
+        documents = [self.documents[d] for d in self.doc_ids]
+        passages = self._encode(model, model_path, "documents", documents,
+                                cache_name and f"{cache_name}-{len(documents)}")
+        chunks = self._encode(model, model_path, "chunks", self.chunk_texts,
+                              cache_name and f"{cache_name}-chunks-{len(self.chunk_texts)}")
         qids = list(self.queries)
         q = model.encode([self.queries[i] for i in qids], batch_size=self.batch_size,
                          normalize_embeddings=True, convert_to_numpy=True)
@@ -207,12 +212,11 @@ class Evaluator:
             self.named_runs[cache_name] = runs
         return runs
 
-    def _encode(self, model, model_path, cache_name: str | None, what: str, texts: list[str]):
+    def _encode(self, model, model_path, what: str, texts: list[str], cache_stem: str | None):
+        """Normalized embeddings of ``texts``, kept as ``CACHE_DIR/<cache_stem>.npy`` if named."""
         import numpy as np
 
-        suffix = "" if what == "documents" else f"-{what}"  # document caches keep their names
-        cached = (self.cache_dir / f"{cache_name}{suffix}-{len(texts)}.npy" if cache_name
-                  else None)
+        cached = self.cache_dir / f"{cache_stem}.npy" if cache_stem else None
         if cached and cached.is_file():
             return np.load(cached)
         say(f"encoding {len(texts)} {what} with {model_path}")
@@ -234,9 +238,7 @@ class Evaluator:
         runs = dict(self.runs)
         runs["tuned"], runs["tuned-chunks"] = self.dense(tuned_model, cache_name)
         k = max(K_VALUES)
-        for hybrid, dense in (("hybrid-base", "base"), ("hybrid", "tuned"),
-                              ("hybrid-base-chunks", "base-chunks"),
-                              ("hybrid-chunks", "tuned-chunks")):
+        for hybrid, dense in HYBRIDS.items():
             runs[hybrid] = fuse_runs([runs[dense], runs["bm25"]], k)
         pairs = list(COMPARISONS)
         if main is not None:
