@@ -3,8 +3,11 @@ token-auth-free local environment, the SciFact data folder and a stderr logger."
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,3 +26,11 @@ def logger(name: str):
         print(f"[{name}] {message}", file=sys.stderr, flush=True)
 
     return say
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder, removed when the script exits (normally or by an exception): the
+    benchmarks write models, exports and indexes of ~100 MB each into theirs."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
-from common import ROOT, logger  # noqa: E402  (sets up sys.path and env)
+from common import ROOT, logger, scratch_dir  # noqa: E402  (sets up sys.path and env)
 
 say = logger("faults")
 SAMPLE = ROOT / "examples" / "sample_corpus" / "abstracts.jsonl"
@@ -200,7 +199,7 @@ def main() -> None:
                         help="share of LLM requests given a fault (spread over the kinds)")
     parser.add_argument("--skip-serve", action="store_true")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="faults-bench-"))
+    scratch = scratch_dir("faults-bench-")
 
     say("corpus: ingesting each category of messy input")
     corpus = corpus_part(scratch, args.big_mb)

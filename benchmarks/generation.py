@@ -25,11 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from common import SCIFACT, logger  # noqa: E402  (sets up sys.path and env)
+from common import SCIFACT, logger, scratch_dir  # noqa: E402  (sets up sys.path and env)
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama_cpp is imported
 say = logger("generation-bench")
@@ -112,7 +111,7 @@ def main() -> None:
     from customir.runtime import WORKER_ENV
     from customir.schemas import QUERIES, read_table
 
-    work = args.out or Path(tempfile.mkdtemp(prefix="generation-bench-"))
+    work = args.out or scratch_dir("generation-bench-")
     work.mkdir(parents=True, exist_ok=True)
     chunks = scifact_chunks(work, args.chunks, args.data)
     config = GenerateConfig(llm=LLMConfig(backend="llamacpp", model=args.model),

@@ -30,12 +30,11 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from common import SCIFACT, logger  # noqa: E402  (sets up sys.path and env)
+from common import SCIFACT, logger, scratch_dir  # noqa: E402  (sets up sys.path and env)
 
 say = logger("mining-bench")
 
@@ -148,7 +147,7 @@ def default_run(args) -> dict:
 
     if not (args.data / "corpus.jsonl").is_file():
         sys.exit(f"mining benchmark: no corpus.jsonl in {args.data} (pass --data)")
-    work = Path(tempfile.mkdtemp(prefix="customir-mining-"))
+    work = scratch_dir("customir-mining-")
     (work / "corpus").mkdir()
     shutil.copy(args.data / "corpus.jsonl", work / "corpus" / "corpus.jsonl")
     run_dir = work / "run"
@@ -227,7 +226,7 @@ def scale_run(args) -> dict:
     from customir.negatives.index import ensure_index
     from customir.schemas import CHUNKS, read_table
 
-    work = Path(args.scale_dir or tempfile.mkdtemp(prefix="customir-mining-scale-"))
+    work = Path(args.scale_dir) if args.scale_dir else scratch_dir("customir-mining-scale-")
     (work / "corpus").mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
     phases = {}

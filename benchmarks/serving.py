@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import scratch_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "sample_corpus" / "abstracts.jsonl"
@@ -249,7 +250,7 @@ def main() -> None:
     ingresses = args.ingress.split(",")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    export_dir = args.export or _export_base(Path(tempfile.mkdtemp(prefix="customir-bench-")))
+    export_dir = args.export or _export_base(scratch_dir("customir-bench-"))
     model_dir = Path(json.loads((export_dir / "customir_onnx.json").read_text())["source_model"])
     # the in-process rate before and after the servers ran, so drift of the machine shows
     before = {c: _inprocess(export_dir, c, seconds) for c in LEVELS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -30,6 +31,45 @@ PASSAGES = {
     "d9": ("Smoking", "Smoking damages the lungs and the heart over many years."),
     "d10": ("Meditation", "Meditation may reduce stress and anxiety in workers."),
 }
+
+
+_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash[_PASSED] = report.passed
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """A passed test's ``tmp_path`` goes when it ends, not when the session does: the training,
+    export and pipeline tests each leave hundreds of MB (models, checkpoints), and together they
+    once filled a CI machine's disk. A failed test's folder stays for inspection."""
+    path = getattr(item, "funcargs", {}).get("tmp_path")
+    try:
+        return (yield)
+    finally:
+        if path is not None and item.stash.get(_PASSED, False):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_tmp_cleanup(request, tmp_path_factory):
+    """The same for the folders of a module's shared fixtures (a trained run, an export), when
+    the module ends with no test failed."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            if path.is_symlink():  # pytest's ``<name>current`` link to a numbered folder
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ losses, DeepSpeed ZeRO-2 on CPU workers."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,6 +216,9 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)
     [victim] = _train_worker_pids() - before
+    # the worker's own checkpoints (~270 MB each), which its SIGKILL leaves behind
+    scratch = trainer.worker_scratch_path(str(location.resolve()), rank=0)
+    assert scratch.is_dir()
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=600)
     assert not thread.is_alive()
@@ -223,8 +227,10 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
         metrics = outcome["manifest"].extra["metrics"]
         assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 15
         assert (out / "train" / trainer.MODEL_DIR / "config.json").is_file()
+        assert not scratch.exists()  # taken over by the restarted worker, removed at its end
     else:
         assert "error" in outcome and not (out / "train").exists()
+        shutil.rmtree(scratch)  # nothing restarted the worker: a rerun would remove it
         assert trainer.latest_checkpoint(location)  # kept for a rerun to resume from
 
 

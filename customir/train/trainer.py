@@ -12,6 +12,8 @@ evaluation knows which documents are held out and a run can be audited.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import shutil
 import tempfile
@@ -65,6 +67,27 @@ def deepspeed_config(stage: int) -> dict:
     return {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto",
             "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
             "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}
+
+
+def worker_scratch_path(location: str, rank: int) -> Path:
+    """The worker's scratch folder on its node, named by the run's checkpoint location and the
+    worker's rank (see ``worker_scratch``)."""
+    name = hashlib.sha256(location.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"customir-train-{name}-rank{rank}"
+
+
+@contextlib.contextmanager
+def worker_scratch(location: str, rank: int):
+    """The folder where a worker's Hugging Face trainer saves its checkpoints (~270 MB each for
+    MiniLM with its optimizer state): a worker restarted after its process was killed first
+    removes what the killed one left, and a worker that ends removes its own."""
+    path = worker_scratch_path(location, rank)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield str(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -121,7 +144,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # training phase of benchmarks/training.py 92.1 → 88.6 s).
         for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
             os.environ.pop(name, None)
-    with tempfile.TemporaryDirectory() as scratch:
+    with worker_scratch(loop_config["checkpoints"], rank) as scratch:
         args = SentenceTransformerTrainingArguments(
             output_dir=scratch, num_train_epochs=cfg.epochs,
             per_device_train_batch_size=loop_config["batch_size"],

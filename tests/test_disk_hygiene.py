@@ -1,0 +1,45 @@
+"""The suite cleans up after itself as it goes (``conftest.py``): a CI machine's disk once filled
+up with the models and checkpoints that passed tests had left in their folders."""
+
+from pathlib import Path
+
+pytest_plugins = ["pytester"]
+
+CONFTEST = Path(__file__).with_name("conftest.py")
+
+
+def test_passed_tests_and_passed_modules_leave_no_folders_a_failed_test_keeps_its(pytester):
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makepyfile(
+        test_a="""
+import pytest
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared")
+
+def test_one(tmp_path, shared):
+    (tmp_path / "model.bin").write_bytes(bytes(1024))
+    (shared / "index.bin").write_bytes(bytes(1024))
+
+def test_two(tmp_path, shared):
+    assert (shared / "index.bin").is_file()  # the module's folder lives while it runs
+""",
+        test_b="""
+import pytest
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared_b")
+
+def test_fails(tmp_path, shared):
+    (tmp_path / "kept.bin").write_bytes(bytes(1024))
+    assert False
+""")
+    basetemp = pytester.path / "basetemp"
+    result = pytester.runpytest_subprocess(f"--basetemp={basetemp}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    left = list(basetemp.iterdir())
+    assert sorted(p.name for p in left if not p.is_symlink()) == ["shared_b0", "test_fails0"]
+    assert all(p.exists() for p in left)  # no dangling ``<name>current`` links either
+    assert (basetemp / "test_fails0" / "kept.bin").is_file()
