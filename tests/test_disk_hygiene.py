@@ -6,18 +6,19 @@ from pathlib import Path
 pytest_plugins = ["pytester"]
 
 CONFTEST = Path(__file__).with_name("conftest.py")
+SHARED = '''
+import pytest
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("{name}")
+'''
 
 
 def test_passed_tests_and_passed_modules_leave_no_folders_a_failed_test_keeps_its(pytester):
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makepyfile(
-        test_a="""
-import pytest
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return tmp_path_factory.mktemp("shared")
-
+        test_a=SHARED.format(name="shared_a") + """
 def test_one(tmp_path, shared):
     (tmp_path / "model.bin").write_bytes(bytes(1024))
     (shared / "index.bin").write_bytes(bytes(1024))
@@ -25,13 +26,7 @@ def test_one(tmp_path, shared):
 def test_two(tmp_path, shared):
     assert (shared / "index.bin").is_file()  # the module's folder lives while it runs
 """,
-        test_b="""
-import pytest
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return tmp_path_factory.mktemp("shared_b")
-
+        test_b=SHARED.format(name="shared_b") + """
 def test_fails(tmp_path, shared):
     (tmp_path / "kept.bin").write_bytes(bytes(1024))
     assert False
