@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SCIFACT, logger  # noqa: E402  (sets up sys.path and env)
+from common import SCIFACT, logger, scratch_dir  # noqa: E402  (sets up sys.path and env)
 
 say = logger("training-bench")
 
@@ -159,7 +159,7 @@ def main() -> None:
     from customir.config import RayConfig
     from customir.runtime import ray_session
 
-    work = Path(tempfile.mkdtemp(prefix="training-bench-"))
+    work = scratch_dir("training-bench-")
     rows = scifact_rows(args.data, args.rows)
     rows_path = work / "train_rows.parquet"
     pq.write_table(pa.Table.from_pylist(rows), rows_path)

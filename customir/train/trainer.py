@@ -69,15 +69,15 @@ def deepspeed_config(stage: int) -> dict:
             "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}
 
 
-def worker_scratch_path(location: str, rank: int) -> Path:
+def worker_scratch_path(location: str | Path, rank: int) -> Path:
     """The worker's scratch folder on its node, named by the run's checkpoint location and the
     worker's rank (see ``worker_scratch``)."""
-    name = hashlib.sha256(location.encode()).hexdigest()[:16]
+    name = hashlib.sha256(str(location).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"customir-train-{name}-rank{rank}"
 
 
 @contextlib.contextmanager
-def worker_scratch(location: str, rank: int):
+def worker_scratch(location: str | Path, rank: int):
     """The folder where a worker's Hugging Face trainer saves its checkpoints (~270 MB each for
     MiniLM with its optimizer state): a worker restarted after its process was killed first
     removes what the killed one left, and a worker that ends removes its own."""
