@@ -33,34 +33,13 @@ PASSAGES = {
 }
 
 
-_PASSED = pytest.StashKey[bool]()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    if report.when == "call":
-        item.stash[_PASSED] = report.passed
-    return report
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item, nextitem):
-    """A passed test's ``tmp_path`` goes when it ends, not when the session does: the training,
-    export and pipeline tests each leave hundreds of MB (models, checkpoints), and together they
-    once filled a CI machine's disk. A failed test's folder stays for inspection."""
-    path = getattr(item, "funcargs", {}).get("tmp_path")
-    try:
-        return (yield)
-    finally:
-        if path is not None and item.stash.get(_PASSED, False):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _module_tmp_cleanup(request, tmp_path_factory):
-    """The same for the folders of a module's shared fixtures (a trained run, an export), when
-    the module ends with no test failed."""
+    """The folders of a module's shared fixtures (a trained run, an export) go when the module
+    ends with no test failed. (A passed test's own ``tmp_path`` goes when it ends:
+    ``tmp_path_retention_policy = "failed"`` in pyproject.toml.) The training, export and
+    pipeline tests each leave hundreds of MB, and together they once filled a CI machine's
+    disk."""
     base = tmp_path_factory.getbasetemp()
     before, failed = set(base.iterdir()), request.session.testsfailed
     yield
