@@ -186,7 +186,6 @@ def main() -> None:
                    if phases else ""))
             runs.append((round_ + 1, side, seconds, steps, phases))
     session.__exit__(None, None, None)
-    shutil.rmtree(work, ignore_errors=True)
 
     samples = len(rows)
     sides = ("plain", "ray")
