@@ -106,7 +106,8 @@ class IngestConfig(_Section):
         200, description="Target chunk size in base-model word pieces (MiniLM reads 256)."
     )
     min_chunk_tokens: int = Field(
-        8, description="Chunks shorter than this are skipped (reason: too_short)."
+        8, description="A shorter chunk joins its smaller neighbour (which may then "
+        "exceed chunk_tokens by less than this); one that cannot is skipped (reason: too_short)."
     )
     text_fields: list[str] = Field(
         ["text", "contents", "body", "content"],

@@ -37,6 +37,20 @@ def test_an_unpunctuated_blob_is_split_by_words(count_tokens):
     assert sum(len(c.split()) for c in chunks) == 1000
 
 
+def test_a_short_chunk_joins_its_smaller_neighbour(count_tokens):
+    long = "Cardiology " + "outcomes " * 32 + "improve."   # one sentence of 36 word pieces
+    text = f"{long} See text. {long} {long} Short tail."   # a stranded sentence, then a tail
+    greedy = chunk_text(text, 38, count_tokens)
+    assert [count_tokens(c) for c in greedy] == [36, 3, 36, 36, 3]  # ingest would skip the 3s
+    chunks = chunk_text(text, 38, count_tokens, min_tokens=8)
+    assert [count_tokens(c) for c in chunks] == [39, 36, 39]
+    assert " ".join(chunks).split() == text.split()  # nothing lost, order kept
+    # The end of a sentence split by words joins too; a document of one short chunk stays short.
+    split = chunk_text("word " * 42, 38, count_tokens, min_tokens=8)
+    assert [count_tokens(c) for c in split] == [42]
+    assert chunk_text("See text.", 40, count_tokens, min_tokens=8) == ["See text."]
+
+
 def test_clean_text_removes_control_characters_and_blank_runs():
     assert clean_text("Title\x07\r\n\r\n\r\nBody   text\u00a0here") == "Title\n\nBody text here"
 
@@ -118,7 +132,7 @@ def test_messy_folder_counts_every_input(tmp_path):
     assert len(skipped) == sum(docs.skipped.values()) + sum(chunks.skipped.values())
 
 
-def test_rerun_is_skipped_and_a_change_reruns(tmp_path, fixture_corpus):
+def test_rerun_is_skipped_and_a_change_reruns(tmp_path, fixture_corpus, monkeypatch):
     first = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
     again = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
     assert again.finished_at == first.finished_at
@@ -126,6 +140,10 @@ def test_rerun_is_skipped_and_a_change_reruns(tmp_path, fixture_corpus):
     (fixture_corpus / "extra.txt").write_text("A new document about renal function tests.")
     third = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
     assert third.balances["documents"].n_out == first.balances["documents"].n_out + 1
+    monkeypatch.setattr(ingest, "CHUNKER_VERSION", "next")  # new chunk boundaries: re-chunk
+    fourth = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
+    assert fourth.config_hash != third.config_hash
+    assert Manifest.read(tmp_path / "run" / "chunks").config_hash == fourth.config_hash
 
 
 def test_a_corpus_with_nothing_usable_is_one_clear_error(tmp_path):

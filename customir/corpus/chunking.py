@@ -10,6 +10,10 @@ import re
 import unicodedata
 from typing import Callable
 
+# Part of the ingest stage's config hash: bump it when chunk boundaries change for the same
+# settings, so a rerun after an upgrade re-chunks instead of resuming from the old chunks.
+CHUNKER_VERSION = "2"
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n{2,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -30,14 +34,21 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-def chunk_text(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+def chunk_text(text: str, max_tokens: int, count_tokens: Callable[[str], int],
+               min_tokens: int = 0) -> list[str]:
     """Greedily pack sentences into chunks of at most ``max_tokens``; split overlong sentences
-    by words.
+    by words. A chunk under ``min_tokens`` (a short sentence between two long ones, the end of a
+    split sentence) then joins its smaller neighbour if the two stay under ``max_tokens +
+    min_tokens``, so its text is kept rather than skipped by ingest as too short.
 
-    >>> chunk_text("One two. Three four. Five.", 4, lambda s: len(s.split()))
-    ['One two. Three four.', 'Five.']
+    >>> words = lambda s: len(s.split())
+    >>> chunk_text("One two three. Four. Five six seven.", 3, words)
+    ['One two three.', 'Four.', 'Five six seven.']
+    >>> chunk_text("One two three. Four. Five six seven.", 3, words, min_tokens=2)
+    ['One two three. Four.', 'Five six seven.']
     """
     chunks: list[str] = []
+    sizes: list[int] = []
     current: list[str] = []
     current_tokens = 0
     for sentence in split_sentences(text):
@@ -47,12 +58,34 @@ def chunk_text(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -
             n = count_tokens(piece)
             if current and current_tokens + n > max_tokens:
                 chunks.append(" ".join(current))
+                sizes.append(current_tokens)
                 current, current_tokens = [], 0
             current.append(piece)
             current_tokens += n
     if current:
         chunks.append(" ".join(current))
+        sizes.append(current_tokens)
+    _merge_short(chunks, sizes, max_tokens + min_tokens, min_tokens)
     return chunks
+
+
+def _merge_short(chunks: list[str], sizes: list[int], limit: int, min_tokens: int) -> None:
+    """In place: join each chunk under ``min_tokens`` to its smaller neighbour (else the other)
+    while the joined chunk stays under ``limit``. Word-piece counts add up over the space."""
+    i = 0
+    while i < len(chunks):
+        if sizes[i] >= min_tokens:
+            i += 1
+            continue
+        neighbours = sorted((sizes[j], j) for j in (i - 1, i + 1) if 0 <= j < len(chunks))
+        j = next((j for size, j in neighbours if size + sizes[i] < limit), None)
+        if j is None:
+            i += 1       # nowhere to go: ingest counts it as too short
+            continue
+        lo = min(i, j)
+        chunks[lo:lo + 2] = [f"{chunks[lo]} {chunks[lo + 1]}"]
+        sizes[lo:lo + 2] = [sizes[lo] + sizes[lo + 1]]
+        i = lo
 
 
 def _split_words(sentence: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:

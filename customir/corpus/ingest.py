@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from customir.config import IngestConfig, TrainConfig
-from customir.corpus.chunking import chunk_text, clean_text, normalized_key
+from customir.corpus.chunking import CHUNKER_VERSION, chunk_text, clean_text, normalized_key
 from customir.corpus.readers import Document, Skip, iter_documents
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.models import load_tokenizer, resolve_base_model
@@ -30,7 +30,8 @@ def chunk_document(doc: Document, config: IngestConfig, count_tokens) -> list[di
     """All chunks of one document, in order, with stable ids ``{doc_id}#{index}``."""
     rows = []
     for heading, text in doc.sections:
-        for piece in chunk_text(clean_text(text), config.chunk_tokens, count_tokens):
+        for piece in chunk_text(clean_text(text), config.chunk_tokens, count_tokens,
+                                config.min_chunk_tokens):
             rows.append({
                 "chunk_id": f"{doc.doc_id}#{len(rows)}", "doc_id": doc.doc_id,
                 "chunk_index": len(rows), "source": doc.source,
@@ -108,7 +109,7 @@ def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
     """Write ``run_dir/chunks``; skip the work when an identical output is already there."""
     corpus, out = Path(corpus), Path(run_dir) / "chunks"
     base_model = (train_config or TrainConfig()).base_model
-    config_hash = f"{config.config_hash()}-{base_model}"
+    config_hash = f"{config.config_hash()}-{base_model}-chunker{CHUNKER_VERSION}"
     inputs = {"corpus": fingerprint(corpus)}
     if done := find_complete(out, config_hash, inputs):
         log(f"ingest: up to date ({done.balances['chunks'].n_out} chunks), skipping")
