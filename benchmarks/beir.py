@@ -129,6 +129,20 @@ def best_chunk_per_document(scores, chunk_doc, n_documents: int):
     return out
 
 
+def texts_key(texts: list[str]) -> str:
+    """Names a cached embedding file after what was encoded: re-chunking with the same number of
+    chunks (another chunker, another ``chunk_tokens``) must not reuse stale vectors.
+
+    >>> texts_key(["a", "b"]) != texts_key(["a", "c"]), texts_key(["a", "b"]).startswith("2-")
+    (True, True)
+    """
+    digest = hashlib.sha1()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return f"{len(texts)}-{digest.hexdigest()[:12]}"
+
+
 # -- the pipeline ---------------------------------------------------------------------------------
 def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
     """The pipeline up to ``until``; per stage: seconds (from its manifest: the whole stage,
@@ -198,9 +212,9 @@ class Evaluator:
         model.max_seq_length = 256
         documents = [self.documents[d] for d in self.doc_ids]
         passages = self._encode(model, model_path, "documents", documents,
-                                cache_name and f"{cache_name}-{len(documents)}")
+                                cache_name and f"{cache_name}-{texts_key(documents)}")
         chunks = self._encode(model, model_path, "chunks", self.chunk_texts,
-                              cache_name and f"{cache_name}-chunks-{len(self.chunk_texts)}")
+                              cache_name and f"{cache_name}-chunks-{texts_key(self.chunk_texts)}")
         qids = list(self.queries)
         q = model.encode([self.queries[i] for i in qids], batch_size=self.batch_size,
                          normalize_embeddings=True, convert_to_numpy=True)

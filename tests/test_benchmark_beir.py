@@ -111,3 +111,19 @@ def test_chunks_of_another_corpus_are_one_clear_error(tmp_path):
                                          r"\(e.g. 'other'\)"):
         Evaluator({"d1": "a document"}, (["d1", "other"], ["a chunk", "another chunk"]),
                   {"q": "a query"}, {"q": {"d1": 1}}, "all-MiniLM-L6-v2", tmp_path)
+
+
+def test_re_chunked_texts_are_encoded_again_not_read_from_the_cache(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from beir import Evaluator
+
+    documents = {"d1": "kidney function", "d2": "heart disease"}
+    query, qrels = {"q": "heart attack"}, {"q": {"d1": 1}}
+    first = Evaluator(documents, (["d1", "d2"], ["kidney function", "heart disease"]), query,
+                      qrels, "all-MiniLM-L6-v2", tmp_path)
+    assert max(first.runs["base-chunks"]["q"], key=first.runs["base-chunks"]["q"].get) == "d2"
+    # Same number of chunks, other texts, same cache folder: d1 now holds the heart attack.
+    again = Evaluator(documents, (["d1", "d2"], ["heart attack", "kidney"]), query, qrels,
+                      "all-MiniLM-L6-v2", tmp_path)
+    assert max(again.runs["base-chunks"]["q"], key=again.runs["base-chunks"]["q"].get) == "d1"
+    assert len(list(tmp_path.glob("base-chunks-2-*.npy"))) == 2
