@@ -1,7 +1,7 @@
 """`customir run|ingest|generate|mine|verify|train|evaluate|export|serve`.
 
 ``run CONFIG.yaml`` runs everything; each stage command runs one stage alone, taking its input
-folder(s) as arguments and writing ``RUN_DIR/<stage output>``. Any command accepts ``--config``
+folder(s) as arguments and writing ``RUN_DIR/<stage output>``. Stage commands accept ``--config``
 for settings and ``--set section.key=value`` to override one. Known errors print one line and
 exit 2; they never end in a traceback.
 """
@@ -130,6 +130,7 @@ def _dispatch(args) -> int:
             {**cfg.serve.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
         serve_forever(_local_model(args.model, cfg.work_dir), serve_cfg, cfg.ray)
         return 0
+    _local_paths_only(args)
     out = Path(args.out)
     if cmd == "ingest":
         from customir.corpus import ingest
@@ -160,6 +161,22 @@ def _dispatch(args) -> int:
         print((out / "evaluation" / "report.md").read_text())
     print(json.dumps({"stage": manifest.stage, "counts": _counts(manifest)}, indent=2))
     return 0
+
+
+STAGE_PATH_ARGS = ("out", "docs", "chunks", "queries", "candidates", "triples", "train_dir",
+                   "model_dir", "train")
+
+
+def _local_paths_only(args) -> None:
+    """A stage command reads and writes local folders; a URI would become a local folder named
+    like ``s3:/bucket`` (``Path`` folds the ``//``), so it is refused up front."""
+    for name in STAGE_PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and "://" in value:
+            flag = name if name in ("docs", "train_dir", "model_dir") else f"--{name}"
+            raise ValueError(f"{args.command} {flag} {value}: stage commands take local folders; "
+                             "for object storage run the pipeline with `customir run CONFIG` "
+                             "and `run_dir: s3://…` (or `--only STAGE`)")
 
 
 def _local_model(model: str, work_dir: str | None) -> str | Path:

@@ -574,14 +574,39 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {key!r} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML: "
+                          f"{' '.join(str(exc).split())}") from None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the config's relative local paths absolute against ``base`` (``~`` expanded). URIs
+    (s3://…) and values of the wrong type are left for validation to report."""
+    def resolve(value):
+        if not isinstance(value, str) or "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+
+    for key in ("corpus", "run_dir", "work_dir"):
+        if key in data:
+            data[key] = resolve(data[key])
+    evaluate = data.get("evaluate")
+    sets = evaluate.get("beir") if isinstance(evaluate, dict) else None
+    for beir in sets if isinstance(sets, list) else []:
+        if isinstance(beir, dict):
+            for key in ("queries", "qrels"):
+                if key in beir:
+                    beir[key] = resolve(beir[key])
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 **fields: Any) -> PipelineConfig:
-    """Read a YAML config (relative paths resolve against the file's folder) and apply overrides."""
+    """Read a YAML config and apply overrides. Relative paths in the file resolve against the
+    file's folder; those given as overrides or ``fields`` against the current directory."""
     data: dict[str, Any] = {}
-    base = Path.cwd()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -592,19 +617,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        base = path.resolve().parent
+        _resolve_paths(data, path.resolve().parent)
     data.update({k: v for k, v in fields.items() if v is not None})
     for override in overrides or []:
         _apply_override(data, override)
-    for key in ("corpus", "run_dir", "work_dir"):
-        value = data.get(key)  # URIs (s3://…) are left as they are
-        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
-            data[key] = str(base / Path(value).expanduser())
-    for beir in (data.get("evaluate") or {}).get("beir") or []:
-        for key in ("queries", "qrels"):
-            if isinstance(beir.get(key), str) and not Path(beir[key]).is_absolute():
-                beir[key] = str(base / beir[key])
+    _resolve_paths(data, Path.cwd())  # what the file gave is absolute by now
+    from pydantic import ValidationError
+
     try:
         return PipelineConfig.model_validate(data)
-    except Exception as exc:  # pydantic's message names every bad field
-        raise ConfigError(f"invalid config: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_one_line(exc)}") from None
+
+
+def _one_line(error) -> str:
+    """Every field pydantic rejected, as ``where: why (got value)`` on one line.
+
+    >>> try:
+    ...     PipelineConfig.model_validate({"train": {"epochs": "many"}, "mine": {"top_kk": 3}})
+    ... except Exception as exc:
+    ...     print(_one_line(exc))  # doctest: +ELLIPSIS
+    mine.top_kk: Extra inputs are not permitted (got 3); train.epochs: ... (got 'many')
+    """
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "config"
+        got = repr(item.get("input"))
+        parts.append(f"{where}: {item['msg']} (got {got[:60] + '…' if len(got) > 60 else got})")
+    return "; ".join(sorted(parts))

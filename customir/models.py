@@ -42,7 +42,14 @@ def load_tokenizer(model_dir: str):
     """The model's fast tokenizer (the `tokenizers` library only; no torch)."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} has no tokenizer.json: customir needs a model "
+                                "saved with its fast tokenizer (SentenceTransformer.save)")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a corrupt file
+        raise ValueError(f"{path} is not a readable tokenizer: {exc}") from None
     tokenizer.no_truncation()  # the shipped file truncates at 128; counting must see everything
     tokenizer.no_padding()
     return tokenizer

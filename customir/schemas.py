@@ -84,11 +84,15 @@ SKIPPED_FILE = "skipped.parquet"
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     """Read a stage's rows (a stage folder, a folder of parts or a file) and check the contract."""
     path = Path(path)
-    if (path / DATA_DIR).is_dir():
+    stage_folder = (path / DATA_DIR).is_dir()
+    if stage_folder:
         path = path / DATA_DIR
     if not path.exists():
         raise SchemaError(f"{path} does not exist (did the previous stage run?)")
     files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if not files and not stage_folder:  # a stage that kept no rows still has its data/ folder
+        raise SchemaError(f"{path} holds no Parquet rows: not a stage folder (expected "
+                          f"{path / DATA_DIR}/*.parquet)")
     if not files:
         return schema.empty_table()
     tables = [pq.read_table(f) for f in files]

@@ -58,6 +58,38 @@ def test_bad_override():
         load_config(None, ["train.epochs"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=[", "not valid YAML"),
+    ("evaluate=5", "evaluate"),
+    ("evaluate.beir=5", "beir"),
+    ("evaluate.beir=[5]", "beir"),
+    ("evaluate.beir=[{queries: q.jsonl}]", "qrels"),
+])
+def test_bad_override_values_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_overrides_resolve_against_the_current_folder_and_the_file_against_its_own(
+        tmp_path, monkeypatch):
+    folder, elsewhere = tmp_path / "configs", tmp_path / "work"
+    folder.mkdir()
+    elsewhere.mkdir()
+    path = folder / "c.yaml"
+    path.write_text("corpus: docs\nevaluate:\n  beir:\n    - {queries: q.jsonl, qrels: q.tsv}\n")
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_config(path, ["run_dir=out", "work_dir=~/mirror"])
+    assert cfg.corpus == str(folder / "docs")
+    assert cfg.evaluate.beir[0].queries == str(folder / "q.jsonl")
+    assert cfg.run_dir == str(elsewhere / "out")
+    assert cfg.work_dir == str(tmp_path / "home" / "mirror")
+    cfg = load_config(path, ["corpus=./mine", "evaluate.beir=[{queries: ~/q, qrels: t/q.tsv}]"])
+    assert cfg.corpus == str(elsewhere / "mine")
+    assert cfg.evaluate.beir[0].queries == str(tmp_path / "home" / "q")
+    assert cfg.evaluate.beir[0].qrels == str(elsewhere / "t" / "q.tsv")
+
+
 def test_an_unknown_stage_is_one_clear_line_and_exit_2(tmp_path):
     import subprocess
     import sys

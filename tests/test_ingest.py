@@ -238,3 +238,55 @@ def test_every_messy_category_is_ingested_or_skipped_with_its_reason(tmp_path):
         docs = result.balances["documents"]
         assert docs.n_in == tried, name  # every input was seen ...
         assert (docs.n_out, docs.skipped) == MESSY_OUTCOMES[name], name  # ... and accounted
+
+
+def test_jsonl_lines_are_decoded_one_by_one_and_split_only_at_newlines(tmp_path):
+    """One Windows-1252 record must not turn the file's UTF-8 records into mojibake, a record
+    whose string holds U+2028 (legal in JSON) is one record, and a line neither UTF-8 nor
+    Windows-1252 is a counted skip of that line only."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    lines = [json.dumps({"id": "a", "text": "café au lait is served warm"}, ensure_ascii=False)
+             .encode(),
+             json.dumps({"id": "b", "text": "one line\u2028with a line separator inside"},
+                        ensure_ascii=False).encode(),
+             b'{"id": "c", "text": "it\x92s a curly apostrophe in Windows-1252"}',
+             b'{"id": "d", "text": "\x81\x8d not text in any encoding we read"}']
+    (root / "records.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    docs = manifest.balances["documents"]
+    assert (docs.n_in, docs.n_out, docs.skipped) == (4, 3, {"undecodable_text": 1})
+    assert manifest.extra["decoded_as"] == {"cp1252": 1}
+    texts = {r["doc_id"]: r["text"] for r in read_table(tmp_path / "run" / "chunks",
+                                                         CHUNKS).to_pylist()}
+    assert texts["a"] == "café au lait is served warm"
+    assert texts["c"].startswith("it\u2019s a curly")
+    assert "line separator" in texts["b"]
+    skipped = pq.read_table(tmp_path / "run" / "chunks" / "skipped.parquet").to_pylist()
+    assert [(s["item"], s["reason"]) for s in skipped] == [("records.jsonl:4",
+                                                            "undecodable_text")]
+
+
+def test_a_folder_that_cannot_be_listed_is_a_counted_skip(tmp_path, monkeypatch):
+    """os.walk drops a folder it cannot list unless asked; ingest must count it. Tests run as
+    root, where chmod 000 does not stop a listing, so the listing fails by injection."""
+    import os
+
+    root = tmp_path / "docs"
+    (root / "locked").mkdir(parents=True)
+    (root / "locked" / "secret.txt").write_text("never read: the folder cannot be listed")
+    (root / "open.txt").write_text("a readable document about tides and the moon")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == root / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    docs = manifest.balances["documents"]
+    assert (docs.n_in, docs.n_out, docs.skipped) == (2, 1, {"unreadable_folder": 1})
+    skipped = pq.read_table(tmp_path / "run" / "chunks" / "skipped.parquet").to_pylist()
+    assert [(s["item"], s["reason"], s["detail"]) for s in skipped] == [
+        ("locked", "unreadable_folder", "Permission denied")]

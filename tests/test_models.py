@@ -66,3 +66,14 @@ def test_trust_remote_code_is_off_unless_configured():
     from customir.config import PipelineConfig
 
     assert PipelineConfig().train.trust_remote_code is False
+
+
+def test_a_model_folder_without_a_usable_tokenizer_is_named(tmp_path):
+    from customir.models import load_tokenizer
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer.json is not a readable tokenizer"):
+        load_tokenizer(str(tmp_path))

@@ -59,3 +59,24 @@ def test_a_stage_runs_alone_from_the_cli_and_prints_its_counts(tmp_path, fixture
     assert summary["stage"] == "ingest"
     assert summary["counts"]["documents"] == {"in": 10, "out": 10, "skipped": {}}
     assert (tmp_path / "run" / "chunks" / "_manifest.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ingest", "{docs}", "--out", "s3://bucket/run"], "stage commands take local folders"),
+    (["mine", "{empty}", "--chunks", "{empty}", "--out", "{tmp}/run"], "not a stage folder"),
+    (["ingest", "{docs}", "--out", "{tmp}/run", "--set", "evaluate.beir=[5]"], "beir"),
+    (["ingest", "{docs}", "--out", "{tmp}/run", "--set", "train.epochs=["], "not valid YAML"),
+])
+def test_wrong_folders_and_values_are_one_line_errors(tmp_path, fixture_corpus, args, message):
+    """A URI given to a stage command, a folder that is not a stage's, and a malformed override
+    each end in one line and exit 2, having written nothing (no ``s3:`` folder appears)."""
+    (tmp_path / "empty").mkdir()
+    paths = {"docs": fixture_corpus, "empty": tmp_path / "empty", "tmp": tmp_path}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = subprocess.run([sys.executable, "-m", "customir.cli",
+                          *[a.format(**paths) for a in args]],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.startswith("customir: error:") and out.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

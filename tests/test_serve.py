@@ -167,6 +167,28 @@ def test_starting_without_an_export_is_a_clear_error(tmp_path):
         app.start(tmp_path, ServeConfig())
 
 
+@pytest.mark.parametrize("backend, message", [("onnx-int8", "int8 graph passed its checks"),
+                                              ("tensorrt", "export.tensorrt: true")])
+def test_serving_a_graph_export_did_not_write_is_one_line_before_ray_starts(tmp_path, backend,
+                                                                            message):
+    """An export whose int8 graph was rejected (or made on a CPU, without model.plan) is told
+    at once: the folder is checked before a Ray cluster starts, not inside a replica."""
+    import subprocess
+    import sys
+
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    (export / "customir_onnx.json").write_text("{}")
+    (export / "model.onnx").write_bytes(b"")
+    assert app.resolve_model_dir(tmp_path / "run", EncoderBackend.onnx) == export
+    out = subprocess.run([sys.executable, "-m", "customir.cli", "serve", str(tmp_path / "run"),
+                          "--backend", backend], capture_output=True, text=True, timeout=120,
+                         env={"RAY_ADDRESS": "", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"customir: error: {export} has no ") and message in out.stderr
+    assert "Traceback" not in out.stderr and "Ray" not in out.stderr
+
+
 def _cli_serve(exported, *options, env=None):
     """Start `customir serve` in a subprocess; return (process, its first two stdout lines)."""
     import os

@@ -207,12 +207,40 @@ def _record_document(record, locator: str, rel: str, config: IngestConfig,
                     str(title) if title is not None else None, [(None, text)], encoding)
 
 
+def _jsonl_lines(data: bytes) -> Iterator[tuple[int, str | Skip, str]]:
+    r"""(line number, text or the Skip of an undecodable line, encoding) per ``\n``-separated
+    line. Each line is decoded on its own, so one Windows-1252 record does not turn the file's
+    UTF-8 records into mojibake, and only ``\n`` ends a record (JSON strings may hold U+2028).
+
+    >>> list(_jsonl_lines('"café"\n"caf\u2028é"\n'.encode() + b'"caf\xe9"'))
+    [(1, '"café"', 'utf-8'), (2, '"caf\u2028é"', 'utf-8'), (3, '"café"', 'cp1252')]
+    """
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        text, encoding = decode_text(data)
+        for number, line in enumerate(text.split("\n"), start=1):
+            yield number, line, encoding
+        return
+    if b"\x00" in data[:4096]:
+        raise _SkipFile("binary_file", "contains NUL bytes; not a text file")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text, encoding = decode_text(raw)
+        except _SkipFile as exc:
+            yield number, Skip("", exc.reason, exc.detail.replace("the file", "the line")), ""
+            continue
+        yield number, text, encoding
+
+
 def read_jsonl(path: Path, rel: str, config: IngestConfig) -> Iterator[Document | Skip]:
-    text, encoding = decode_text(path.read_bytes())
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line, encoding in _jsonl_lines(path.read_bytes()):
+        locator = f"{rel}:{number}"
+        if isinstance(line, Skip):
+            yield Skip(locator, line.reason, line.detail)
+            continue
         if not line.strip():
             continue
-        locator = f"{rel}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -261,15 +289,27 @@ READERS = {
 }
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path) -> Iterator[Path | Skip]:
     """Every entry below ``root`` in a stable order, without following directory links (so a
-    symlink loop cannot recurse)."""
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    symlink loop cannot recurse); a folder that cannot be listed is a Skip, not a silent gap."""
+    unlistable: list[OSError] = []
+    walker = os.walk(root, followlinks=False, onerror=unlistable.append)
+    for folder, dirs, files in walker:
+        while unlistable:
+            yield _unlistable(unlistable.pop(0), root)
         dirs.sort()
         here = Path(folder)
         links = [d for d in dirs if (here / d).is_symlink()]
         dirs[:] = [d for d in dirs if d not in links]
         yield from (here / name for name in sorted(files + links))
+    while unlistable:
+        yield _unlistable(unlistable.pop(0), root)
+
+
+def _unlistable(error: OSError, root: Path) -> Skip:
+    folder = Path(error.filename) if error.filename else root
+    rel = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else str(folder)
+    return Skip(rel, "unreadable_folder", error.strerror or str(error))
 
 
 def _link_problem(path: Path, root: Path) -> Skip | None:
@@ -291,6 +331,9 @@ def iter_documents(root: Path, config: IngestConfig) -> Iterator[Document | Skip
     if not root.is_dir():
         raise FileNotFoundError(f"corpus folder not found: {root}")
     for path in _walk(root):
+        if isinstance(path, Skip):
+            yield path
+            continue
         rel = path.relative_to(root).as_posix()
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             yield Skip(rel, "hidden_file")

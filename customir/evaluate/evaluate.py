@@ -43,7 +43,7 @@ class EvalDataError(ValueError):
 
 def read_beir_queries(path: Path) -> dict[str, str]:
     queries = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

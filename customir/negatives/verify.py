@@ -154,6 +154,19 @@ def sum_llm_counts(rows: pa.Table) -> tuple[dict[str, int], dict | None]:
                           "failed": total["failed"]}
 
 
+def _check_same_run(candidates, chunks, chunks_dir) -> None:
+    """Every chunk the candidates name must be in ``chunks``: otherwise ``--chunks`` is another
+    run's folder, which is said here rather than as a KeyError inside an actor."""
+    known = set(chunks["chunk_id"].to_pylist())
+    named = set(candidates["chunk_id"].to_pylist())
+    named.update(c for cs in candidates["candidate_chunk_ids"].to_pylist() for c in cs or [])
+    missing = sorted(named - known)
+    if missing:
+        raise ValueError(f"verify: {len(missing)} chunk ids of the candidates are not in "
+                         f"{chunks_dir} (e.g. {missing[0]!r}); give the chunks folder the "
+                         "candidates were mined from")
+
+
 def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         config: VerifyConfig, ray_config: RayConfig | None = None) -> Manifest:
     candidates_dir, chunks_dir = Path(candidates_dir).resolve(), Path(chunks_dir).resolve()
@@ -170,10 +183,12 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
                  if config.enabled else set())
     log(f"verify: {len(to_verify)} of {candidates.num_rows} queries get LLM checks "
         f"({config.llm.model})")
+    chunk_table = read_table(chunks_dir, CHUNKS).select(["chunk_id", "text"])
+    _check_same_run(candidates, chunk_table, chunks_dir)
     with ray_session(ray_config):
         import ray
 
-        chunks = ray.put(read_table(chunks_dir, CHUNKS).select(["chunk_id", "text"]))
+        chunks = ray.put(chunk_table)
         rows = map_table(candidates, NegativeVerifier,
                          constructor_kwargs={"chunks": chunks, "config": config,
                                              "to_verify": to_verify},

@@ -38,16 +38,25 @@ APP_NAME = "customir"
 def resolve_model_dir(path: str | Path, backend: EncoderBackend) -> Path:
     """Accept a run folder (uses its export/), an export folder, or a sentence-transformers
     folder (torch backend only); say clearly what is missing otherwise."""
+    from customir.serve.encoder import MODEL_FILES
+
     path = Path(path)
-    if (path / "export" / "customir_onnx.json").is_file():
-        return path / "export"
-    if (path / "customir_onnx.json").is_file():
-        return path
     if (path / "modules.json").is_file() and backend == EncoderBackend.torch:
         return path
-    raise FileNotFoundError(
-        f"{path} is neither a run folder with export/, an export folder, nor (with --backend "
-        "torch) a sentence-transformers folder; run `customir export` first")
+    folder = next((f for f in (path / "export", path) if (f / "customir_onnx.json").is_file()),
+                  None)
+    if folder is None:
+        raise FileNotFoundError(
+            f"{path} is neither a run folder with export/, an export folder, nor (with "
+            "--backend torch) a sentence-transformers folder; run `customir export` first")
+    needed = MODEL_FILES.get(backend)
+    if needed and not (folder / needed).is_file():
+        why = {EncoderBackend.onnx_int8: "export writes it only when the int8 graph passed "
+               "its checks (see the export manifest); serve --backend onnx instead",
+               EncoderBackend.tensorrt: "export it on a CUDA GPU with export.tensorrt: true"}
+        raise FileNotFoundError(f"{folder} has no {needed} for --backend {backend.value}: "
+                                f"{why.get(backend, 'run `customir export` again')}")
+    return folder
 
 
 class _BodyLimit:
@@ -269,6 +278,7 @@ def serve_forever(model: str | Path, config: ServeConfig,
     """`customir serve`: run until interrupted."""
     from customir.runtime import ray_session
 
+    resolve_model_dir(model, config.backend)  # a wrong folder is said before Ray starts
     with ray_session(ray_config, ingress_env(config)):
         url = start(model, config)
         print(f"serving {config.model_name} at {url}\ntry: {example_curl(url, config)}",

@@ -339,6 +339,11 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     split_of = {d: assign_split(d, config.split, config.seed) for d in docs}
     triples = read_table(triples_dir, TRIPLES).to_pylist()
     n_read = len(triples)
+    missing = sorted({t["chunk_id"] for t in triples} - chunk_doc.keys())
+    if missing:  # not bad rows: --chunks is another run's folder
+        raise ValueError(f"train: {len(missing)} positive chunk ids of the triples are not in "
+                         f"{chunks_dir} (e.g. {missing[0]!r}); give the chunks folder the "
+                         "triples were made from")
     if config.query_kinds is not None:
         present = Counter(t["kind"] for t in triples)
         triples = [t for t in triples if t["kind"] in set(config.query_kinds)]
