@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, config_required=True)
 
     p = sub.add_parser("ingest", help="documents folder → RUN_DIR/chunks")
-    p.add_argument("docs", help="folder of .txt .md .html .pdf .jsonl .parquet files")
+    p.add_argument("docs", help="folder of .txt .md .html .pdf .jsonl .parquet .eml files")
     p.add_argument("--out", required=True, help="run folder")
     _common(p)
 

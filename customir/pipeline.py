@@ -43,6 +43,10 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
         raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     store = RunStore(config.run_dir, config.work_dir)
     store.check()
+    if STAGES.index(until) >= STAGES.index("evaluate"):
+        from customir.evaluate.evaluate import check_beir_files
+
+        check_beir_files(config.evaluate)  # before an hour of stages, not after
     timings: dict[str, float] = {}
     manifests = {}
     # the serving check's ingress needs the cluster started with its settings

@@ -24,3 +24,27 @@ def test_queries_file(tmp_path):
     path.write_text('{"_id": "1", "text": "ok"}\n{"id": "2"}\n')
     with pytest.raises(EvalDataError, match=r"queries.jsonl:2: not a BEIR query record"):
         read_beir_queries(path)
+
+
+@pytest.mark.parametrize("qrels_text, error, message", [
+    (None, FileNotFoundError, "typo.tsv not found"),
+    ("query-id\tcorpus-id\tscore\n1\td1\tmany\n", EvalDataError, "typo.tsv:2"),
+])
+def test_a_bad_beir_file_stops_the_pipeline_before_any_stage(tmp_path, qrels_text, error,
+                                                             message):
+    """A wrong evaluate.beir path or a malformed qrels line is said when the run starts, not
+    after an hour of stages, and nothing is written."""
+    from customir.config import load_config
+    from customir.pipeline import run_pipeline
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("tides follow the moon")
+    queries, qrels = tmp_path / "q.jsonl", tmp_path / "typo.tsv"
+    queries.write_text('{"_id": "1", "text": "what moves tides"}\n')
+    if qrels_text is not None:
+        qrels.write_text(qrels_text)
+    config = load_config(None, [f"corpus={tmp_path / 'docs'}", f"run_dir={tmp_path / 'run'}",
+                                f"evaluate.beir=[{{queries: {queries}, qrels: {qrels}}}]"])
+    with pytest.raises(error, match=message):
+        run_pipeline(config)
+    assert not (tmp_path / "run" / "chunks").exists()

@@ -148,6 +148,7 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
         run_dir: str | Path, config: EvaluateConfig, base_model: str,
         mine_config: MineConfig | None = None, trust_remote_code: bool = False) -> Manifest:
     chunks_dir, triples_dir, train_dir = Path(chunks_dir), Path(triples_dir), Path(train_dir)
+    check_beir_files(config)
     out = Path(run_dir) / "evaluation"
     inputs = {"chunks": fingerprint(chunks_dir), "triples": fingerprint(triples_dir),
               "train": fingerprint(train_dir)}
@@ -298,6 +299,17 @@ def training_data_summary(run_dir: Path) -> dict:
                                        for unit, b in manifest.balances.items()},
                           **manifest.extra}
     return summary
+
+
+def check_beir_files(config: EvaluateConfig) -> None:
+    """Read every ``evaluate.beir`` query and qrels file now, so a typo in a path or a malformed
+    line is said before a run spends an hour on the stages that come before evaluation."""
+    for beir in config.beir:
+        for path in (beir.queries, beir.qrels):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"evaluate.beir {beir.name!r}: {path} not found")
+        read_beir_queries(Path(beir.queries))
+        read_beir_qrels(Path(beir.qrels))
 
 
 def _score_beir(beir: BeirEvalConfig, models, corpus, chunk_doc, bm25, config, cache):
