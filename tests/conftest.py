@@ -109,6 +109,22 @@ def s3_bucket(s3_endpoint):
     return s3_uri(s3_endpoint, "customir/runs")
 
 
+# one chunk of a document "a", for tests that build stage folders by hand
+ONE_CHUNK = {"chunk_id": "a#0", "doc_id": "a", "chunk_index": 0, "source": "a.txt",
+             "text": "tides follow the moon", "n_tokens": 5}
+
+
+def write_stage(folder: Path, schema, rows: list[dict]) -> Path:
+    """A stage folder holding ``rows`` (as the stages write it: data/part-0.parquet)."""
+    import pyarrow as pa
+
+    from customir.schemas import write_rows
+
+    folder.mkdir(parents=True)
+    write_rows(folder, pa.Table.from_pylist(rows, schema=schema), [])
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

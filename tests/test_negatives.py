@@ -221,23 +221,18 @@ def test_a_missing_optional_backend_names_the_extra_to_install(tmp_path, missing
 def test_verify_with_another_runs_chunks_is_one_clear_error(tmp_path):
     """Candidates name chunks the given --chunks folder does not hold: said before any actor
     starts, naming a missing id (not a KeyError inside a Ray actor)."""
-    import pyarrow as pa
-
     from customir.config import VerifyConfig
     from customir.negatives import verify
-    from customir.schemas import CANDIDATES, CHUNKS, write_rows
+    from customir.schemas import CANDIDATES, CHUNKS
 
-    chunks, candidates = tmp_path / "chunks", tmp_path / "candidates"
-    for folder in (chunks, candidates):
-        folder.mkdir()
-    write_rows(chunks, pa.Table.from_pylist([
-        {"chunk_id": "a#0", "doc_id": "a", "chunk_index": 0, "source": "a.txt",
-         "text": "tides follow the moon", "n_tokens": 5}], schema=CHUNKS), [])
-    write_rows(candidates, pa.Table.from_pylist([
+    from conftest import ONE_CHUNK, write_stage
+
+    chunks = write_stage(tmp_path / "chunks", CHUNKS, [ONE_CHUNK])
+    candidates = write_stage(tmp_path / "candidates", CANDIDATES, [
         {"query_id": "q1", "query": "what moves tides", "kind": "question", "origin": "llm:x",
          "chunk_id": "a#0", "doc_id": "a", "supporting_chunk_ids": ["a#0"],
          "positive_score": 3.0, "candidate_chunk_ids": ["b#4"], "candidate_scores": [1.0],
-         "n_over_margin": 0}], schema=CANDIDATES), [])
+         "n_over_margin": 0}])
     with pytest.raises(ValueError, match=r"1 chunk ids of the candidates are not in .*'b#4'"):
         verify.run(candidates, chunks, tmp_path / "run", VerifyConfig())
     assert not (tmp_path / "run" / "triples").exists()

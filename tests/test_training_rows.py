@@ -50,22 +50,17 @@ def test_fillable_batch_size_counts_every_column():
 def test_training_on_another_runs_chunks_is_one_clear_error(tmp_path):
     """Triples whose positives the --chunks folder lacks are a wrong folder, said before any
     training starts, naming an id."""
-    import pyarrow as pa
-
     from customir.config import TrainConfig
-    from customir.schemas import CHUNKS, TRIPLES, write_rows
+    from customir.schemas import CHUNKS, TRIPLES
     from customir.train import trainer
 
-    chunks, triples = tmp_path / "chunks", tmp_path / "triples"
-    for folder in (chunks, triples):
-        folder.mkdir()
-    write_rows(chunks, pa.Table.from_pylist([
-        {"chunk_id": "a#0", "doc_id": "a", "chunk_index": 0, "source": "a.txt",
-         "text": "tides follow the moon", "n_tokens": 5}], schema=CHUNKS), [])
-    write_rows(triples, pa.Table.from_pylist([
+    from conftest import ONE_CHUNK, write_stage
+
+    chunks = write_stage(tmp_path / "chunks", CHUNKS, [ONE_CHUNK])
+    triples = write_stage(tmp_path / "triples", TRIPLES, [
         {"query_id": "q1", "query": "what moves tides", "kind": "question", "origin": "llm:x",
          "chunk_id": "z#9", "doc_id": "z", "supporting_chunk_ids": ["z#9"],
-         "candidate_chunk_ids": [], "negative_chunk_ids": []}], schema=TRIPLES), [])
+         "candidate_chunk_ids": [], "negative_chunk_ids": []}])
     with pytest.raises(ValueError, match=r"1 positive chunk ids of the triples are not in "
                                          r".*'z#9'"):
         trainer.run(triples, chunks, tmp_path / "run", TrainConfig())
