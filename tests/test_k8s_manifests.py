@@ -132,7 +132,11 @@ def test_rayservice_import_path_builds_the_embedding_server(tmp_path):
     assert isinstance(builder, FunctionType)
     ServeConfig.model_validate(app["args"]["serve"])  # every serving field is a real one
 
-    (tmp_path / "customir_onnx.json").write_text("{}")  # an export folder, not loaded here
+    from customir.serve.encoder import MODEL_FILES
+
+    # an export folder with the graph its backend needs (checked, not loaded, here)
+    (tmp_path / "customir_onnx.json").write_text("{}")
+    (tmp_path / MODEL_FILES[ServeConfig.model_validate(app["args"]["serve"]).backend]).touch()
     args = {**app["args"], "model_dir": str(tmp_path)}
     built = call_user_app_builder_with_args_if_necessary(builder, args)
     assert isinstance(built, Application)
