@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Section(BaseModel):
@@ -622,8 +622,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for override in overrides or []:
         _apply_override(data, override)
     _resolve_paths(data, Path.cwd())  # what the file gave is absolute by now
-    from pydantic import ValidationError
-
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -40,7 +40,7 @@ SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".parquet", 
 _CONTROL_BYTES = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
 
 
-def decode_text(data: bytes) -> tuple[str, str]:
+def decode_text(data: bytes, what: str = "file") -> tuple[str, str]:
     """(text, encoding): UTF-8, else UTF-16 with a byte-order mark, else Windows-1252 when the
     result reads as text; binary data raises _SkipFile.
 
@@ -65,7 +65,7 @@ def decode_text(data: bytes) -> tuple[str, str]:
     except UnicodeDecodeError:
         text = None
     if text is None or _CONTROL_BYTES.search(text):
-        raise _SkipFile("undecodable_text", f"byte {position} is not UTF-8, and the file is not "
+        raise _SkipFile("undecodable_text", f"byte {position} is not UTF-8, and the {what} is not "
                         "Windows-1252 text either")
     return text, "cp1252"
 
@@ -222,13 +222,11 @@ def _jsonl_lines(data: bytes) -> Iterator[tuple[int, str | Skip, str]]:
         return
     if b"\x00" in data[:4096]:
         raise _SkipFile("binary_file", "contains NUL bytes; not a text file")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=1):  # line 1 may keep a UTF-8 BOM
         try:
-            text, encoding = decode_text(raw)
+            text, encoding = decode_text(raw, "line")
         except _SkipFile as exc:
-            yield number, Skip("", exc.reason, exc.detail.replace("the file", "the line")), ""
+            yield number, Skip("", exc.reason, exc.detail), ""
             continue
         yield number, text, encoding
 
