@@ -20,6 +20,9 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from customir.llm.gguf import EMBEDDED_MODELS
+from customir.models import BASE_MODELS
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -581,9 +584,16 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
                           f"{' '.join(str(exc).split())}") from None
 
 
+# fields naming a model: a packaged model's name, an endpoint's model name, or a local path
+_MODEL_FIELDS = (("train", "base_model"), ("mine", "dense_model"), ("generate", "dedup_model"),
+                 ("generate", "llm", "model"), ("verify", "llm", "model"))
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     """Make the config's relative local paths absolute against ``base`` (``~`` expanded). URIs
-    (s3://…) and values of the wrong type are left for validation to report."""
+    (s3://…) and values of the wrong type are left for validation to report. A model field is
+    a path only when it is not a packaged model's name and ``base`` holds it; anything else
+    (an endpoint's model name such as ``Qwen/Qwen2.5-7B-Instruct``) is left as written."""
     def resolve(value):
         if not isinstance(value, str) or "://" in value:
             return value
@@ -593,6 +603,14 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     for key in ("corpus", "run_dir", "work_dir"):
         if key in data:
             data[key] = resolve(data[key])
+    for *sections, key in _MODEL_FIELDS:
+        section = data
+        for name in sections:
+            section = section.get(name) if isinstance(section, dict) else None
+        value = section.get(key) if isinstance(section, dict) else None
+        if (isinstance(value, str) and value not in BASE_MODELS and value not in EMBEDDED_MODELS
+                and "://" not in value and Path(resolve(value)).exists()):
+            section[key] = resolve(value)
     evaluate = data.get("evaluate")
     sets = evaluate.get("beir") if isinstance(evaluate, dict) else None
     for beir in sets if isinstance(sets, list) else []:

@@ -90,6 +90,30 @@ def test_overrides_resolve_against_the_current_folder_and_the_file_against_its_o
     assert cfg.evaluate.beir[0].qrels == str(elsewhere / "t" / "q.tsv")
 
 
+def test_a_model_path_in_the_file_resolves_against_its_folder_and_names_stay_names(
+        tmp_path, monkeypatch):
+    folder, elsewhere = tmp_path / "configs", tmp_path / "work"
+    (folder / "models" / "mine").mkdir(parents=True)
+    (folder / "llm.gguf").write_bytes(b"GGUF")
+    elsewhere.mkdir()
+    path = folder / "c.yaml"
+    path.write_text("train: {base_model: models/mine}\nmine: {dense_model: ./models/mine}\n"
+                    "generate: {llm: {model: llm.gguf}, dedup_model: all-MiniLM-L6-v2}\n"
+                    "verify: {llm: {backend: openai, model: Qwen/Qwen2.5-7B-Instruct}}\n")
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path)
+    assert cfg.train.base_model == cfg.mine.dense_model == str(folder / "models" / "mine")
+    assert cfg.generate.llm.model == str(folder / "llm.gguf")
+    # a packaged model's name and an endpoint's model name are not paths
+    assert cfg.generate.dedup_model == "all-MiniLM-L6-v2"
+    assert cfg.verify.llm.model == "Qwen/Qwen2.5-7B-Instruct"
+    # an override names a path from the current folder; one that is nowhere is left as given
+    (elsewhere / "other").mkdir()
+    cfg = load_config(path, ["train.base_model=other", "mine.dense_model=missing/model"])
+    assert cfg.train.base_model == str(elsewhere / "other")
+    assert cfg.mine.dense_model == "missing/model"
+
+
 def test_an_unknown_stage_is_one_clear_line_and_exit_2(tmp_path):
     import subprocess
     import sys

@@ -50,9 +50,21 @@ def test_multihop_questions_train_on_each_supporting_chunk_and_mine_around_all(r
     assert anchors["chosen"] == 10
     assert manifest.extra["per_kind"]["multihop"]["asked"] == anchors["with_related_chunks"] > 5
     assert manifest.extra["per_kind"]["multihop"]["rows"] == len(rows)
+    # the balance counts what was written: each question once, though it has a row per chunk
+    assert manifest.balances["queries"].n_out == len(by_text) < len(rows)
     mine.run(run_dir / "queries", run_dir / "chunks", run_dir, MineConfig(top_k=10))
     for row in read_table(run_dir / "candidates", CANDIDATES).to_pylist():
         assert not set(row["candidate_chunk_ids"]) & set(row["supporting_chunk_ids"])
+
+
+def test_a_query_lost_on_the_way_to_the_table_fails_the_balance(run_dir, monkeypatch):
+    from customir.manifest import BalanceError
+
+    write = generate.query_rows
+    monkeypatch.setattr(generate, "query_rows", lambda *args: write(*args).slice(1))
+    with pytest.raises(BalanceError, match="generate/queries"):
+        generate.run(run_dir / "chunks", run_dir, GenerateConfig(llm=SCRIPTED, multihop=0.0))
+    assert not (run_dir / "queries").exists()  # nothing half-written is left to resume from
 
 
 def test_kind_shares_decide_what_each_chunk_is_asked(run_dir):

@@ -278,6 +278,14 @@ def query_rows(candidates: list[Candidate], chunks: Chunks) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=QUERIES)
 
 
+def written_queries(table: pa.Table) -> int:
+    """The distinct queries in the written rows (a multi-hop question has a row per chunk),
+    counted from the table itself so the ``queries`` balance checks what was written."""
+    return len({(kind, query, tuple(chunks)) for kind, query, chunks in zip(
+        table.column("kind").to_pylist(), table.column("query").to_pylist(),
+        table.column("supporting_chunk_ids").to_pylist())})
+
+
 def per_kind_counts(asks: list[Ask], answers: Answers | None, candidates: list[Candidate],
                     table: pa.Table) -> dict:
     counts: dict = defaultdict(lambda: {"asked": 0, "written": 0, "reply_failures": Counter(),
@@ -342,7 +350,6 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
         from customir.llm.vllm_batch import require_vllm
 
         require_vllm()  # fail before any work, with the line to install it
-    started = time.monotonic()
     chunks = Chunks(read_table(chunks_dir, CHUNKS))
     wants_llm = any(config.kinds.values()) or config.multihop > 0
     llm_ids = (choose_llm_chunks(chunks.ids, config.max_llm_chunks, config.seed)
@@ -383,8 +390,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
             "llm_chunks": Balance(len(asked_chunks), len(answered_chunks),
                                   {"no_usable_reply": len(asked_chunks - answered_chunks)}
                                   if asked_chunks - answered_chunks else {}),
-            "queries": Balance(len(candidates), len(candidates) - sum(dropped.values()),
-                               dict(dropped)),
+            "queries": Balance(len(candidates), written_queries(table), dict(dropped)),
         })
         manifest.extra.update({
             "kinds": dict(Counter(table.column("kind").to_pylist())),
