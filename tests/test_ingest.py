@@ -267,6 +267,29 @@ def test_jsonl_lines_are_decoded_one_by_one_and_split_only_at_newlines(tmp_path)
                                                             "undecodable_text")]
 
 
+def test_half_a_character_from_a_json_escape_and_html_tail_text_are_kept(tmp_path):
+    """A JSON record whose ``\ud83d`` escape decodes to a lone surrogate (scraped text cut
+    mid-emoji) is kept with U+FFFD in its place, not a traceback; the last words of an HTML
+    file are kept even when they end in an ``&`` the parser holds back."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "cut.jsonl").write_text(
+        '{"id": "cut\\ud83d", "title": "Emoji \\ude00 cut", "text": "Statins lower '
+        'cholesterol in most adults \\ud83d and reduce heart attacks."}\n')
+    (root / "page.html").write_text(
+        "<html><body><p>Intro paragraph about statins and the liver.</p>"
+        "<p>Our partners include AT&T")
+    manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    assert manifest.balances["documents"].n_out == 2
+    rows = {r["doc_id"]: r for r in read_table(tmp_path / "run" / "chunks", CHUNKS).to_pylist()}
+    cut = rows["cut\ufffd"]
+    assert cut["title"] == "Emoji \ufffd cut"
+    assert cut["text"] == ("Statins lower cholesterol in most adults \ufffd and reduce heart "
+                           "attacks.")
+    page = " ".join(r["text"] for r in rows.values() if r["doc_id"] == "page.html")
+    assert page.endswith("Our partners include AT&T")
+
+
 def test_a_folder_that_cannot_be_listed_is_a_counted_skip(tmp_path, monkeypatch):
     """os.walk drops a folder it cannot list unless asked; ingest must count it. Tests run as
     root, where chmod 000 does not stop a listing, so the listing fails by injection."""

@@ -38,6 +38,17 @@ SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".parquet", 
 
 
 _CONTROL_BYTES = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def whole_characters(text: str) -> str:
+    r"""``text`` with each lone UTF-16 surrogate (half a character, which a JSON ``\ud83d``
+    escape decodes to and no UTF-8 writer or tokenizer accepts) replaced by U+FFFD.
+
+    >>> whole_characters(json.loads('"cut \\ud83d here, whole \\ud83d\\ude00"'))
+    'cut \ufffd here, whole 😀'
+    """
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def decode_text(data: bytes, what: str = "file") -> tuple[str, str]:
@@ -166,6 +177,7 @@ def read_html(path: Path, rel: str, config: IngestConfig) -> Iterator[Document |
     text, encoding = decode_text(path.read_bytes())
     parser = _HTMLText()
     parser.feed(text)
+    parser.close()  # the parser holds back text it cannot yet tell from an unfinished entity
     sections = [(h, "".join(parts).strip()) for h, parts in parser.sections]
     yield Document(rel, rel, parser.title, [(h, t) for h, t in sections if t], encoding)
 
@@ -203,8 +215,9 @@ def _record_document(record, locator: str, rel: str, config: IngestConfig,
                     f"none of {config.text_fields} holds a string (keys: {sorted(record)[:8]})")
     doc_id = _first(record, config.id_fields)
     title = _first(record, config.title_fields)
-    return Document(str(doc_id) if doc_id is not None else locator, rel,
-                    str(title) if title is not None else None, [(None, text)], encoding)
+    return Document(whole_characters(str(doc_id)) if doc_id is not None else locator, rel,
+                    whole_characters(str(title)) if title is not None else None,
+                    [(None, whole_characters(text))], encoding)
 
 
 def _jsonl_lines(data: bytes) -> Iterator[tuple[int, str | Skip, str]]:
@@ -276,6 +289,7 @@ def read_email(path: Path, rel: str, config: IngestConfig) -> Iterator[Document 
     if part.get_content_type() == "text/html":
         parser = _HTMLText()
         parser.feed(body)
+        parser.close()
         body = "\n".join("".join(parts) for _, parts in parser.sections)
     yield Document(rel, rel, subject, [(None, body)], "utf-8")
 
