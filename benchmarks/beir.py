@@ -114,21 +114,6 @@ def read_chunks(run_dir: Path) -> tuple[list[str], list[str]]:
     return table["doc_id"], texts
 
 
-def best_chunk_per_document(scores, chunk_doc, n_documents: int):
-    """A (queries × documents) matrix from a (queries × chunks) one: each document scores as its
-    best chunk (MaxP); a document without chunks scores -inf.
-
-    >>> import numpy as np
-    >>> best_chunk_per_document(np.array([[0.2, 0.9, 0.5]]), np.array([0, 0, 2]), 3).tolist()
-    [[0.9, -inf, 0.5]]
-    """
-    import numpy as np
-
-    out = np.full((scores.shape[0], n_documents), -np.inf, dtype=scores.dtype)
-    np.maximum.at(out.T, chunk_doc, scores.T)
-    return out
-
-
 def texts_key(texts: list[str]) -> str:
     """Names a cached embedding file after what was encoded: re-chunking with the same number of
     chunks (another chunker, another ``chunk_tokens``) must not reuse stale vectors.
@@ -203,7 +188,7 @@ class Evaluator:
 
     def dense(self, model_path: str | Path, cache_name: str | None = None) -> tuple[dict, dict]:
         """The model's runs on whole documents and on chunks (MaxP)."""
-        from customir.evaluate.retrieval import top_k_run
+        from customir.evaluate.retrieval import best_chunk_per_document, top_k_run
         from customir.models import load_sentence_transformer
 
         if cache_name in self.named_runs:

@@ -87,22 +87,6 @@ def test_a_folder_that_is_not_beir_is_one_clear_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_a_document_scores_as_its_best_chunk():
-    import numpy as np
-
-    sys.path.insert(0, str(SCRIPT.parent))
-    from beir import best_chunk_per_document
-
-    rng = np.random.default_rng(0)
-    scores = rng.normal(size=(4, 9)).astype(np.float32)
-    chunk_doc = np.array([0, 0, 1, 3, 3, 3, 0, 1, 4])  # document 2 has no chunk
-    got = best_chunk_per_document(scores, chunk_doc, 5)
-    for doc in range(5):
-        mine = scores[:, chunk_doc == doc]
-        want = mine.max(axis=1) if mine.size else np.full(4, -np.inf)
-        assert np.array_equal(got[:, doc], want)
-
-
 def test_chunks_of_another_corpus_are_one_clear_error(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
     from beir import Evaluator

@@ -23,10 +23,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from customir.config import BeirEvalConfig, EvaluateConfig, MineConfig
+from customir.corpus.readers import whole_characters
 from customir.evaluate.metrics import Qrels, mean_metrics, paired_randomization_test, \
     per_query_metrics
 from customir.evaluate.report import write_report
-from customir.evaluate.retrieval import bm25_run, chunks_to_documents, dense_run, fuse_runs
+from customir.evaluate.retrieval import Documents, bm25_run, dense_run, fuse_runs
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.models import load_sentence_transformer
 from customir.negatives.bm25 import BM25Index
@@ -48,7 +49,7 @@ def read_beir_queries(path: Path) -> dict[str, str]:
             continue
         try:
             record = json.loads(line)
-            queries[str(record["_id"])] = str(record["text"])
+            queries[whole_characters(str(record["_id"]))] = whole_characters(str(record["text"]))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise EvalDataError(f"{path}:{number}: not a BEIR query record ({exc})") from None
     return queries
@@ -107,11 +108,12 @@ def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> 
 
 
 def _systems(models: dict, corpus: dict[str, str], bm25: BM25Index, queries: dict[str, str],
-             k: int, batch_size: int, cache: dict) -> dict:
-    runs = {"bm25": bm25_run(bm25, queries, list(corpus), k)}
+             k: int, batch_size: int, cache: dict, documents: Documents | None = None) -> dict:
+    """Each system's k best chunks per query, or with ``documents`` its k best documents."""
+    runs = {"bm25": bm25_run(bm25, queries, list(corpus), k, documents)}
     for name, model in models.items():
         runs[name] = dense_run(model, queries, corpus, k, batch_size,
-                               passage_embeddings=cache.get(name))
+                               passage_embeddings=cache.get(name), documents=documents)
     return runs
 
 
@@ -152,7 +154,8 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     out = Path(run_dir) / "evaluation"
     inputs = {"chunks": fingerprint(chunks_dir), "triples": fingerprint(triples_dir),
               "train": fingerprint(train_dir)}
-    inputs.update({f"beir:{b.name}": fingerprint(b.qrels) for b in config.beir})
+    inputs.update({f"beir:{b.name}": f"{fingerprint(b.queries)}-{fingerprint(b.qrels)}"
+                   for b in config.beir})
     config_hash = f"{config.config_hash()}-{base_model}"
     if done := find_complete(out, config_hash, inputs):
         log("evaluate: up to date, skipping")
@@ -323,9 +326,8 @@ def _score_beir(beir: BeirEvalConfig, models, corpus, chunk_doc, bm25, config, c
         raise EvalDataError(f"{beir.qrels}: none of its {len(qrels)} queries has both text in "
                             f"{beir.queries} and a relevant document in the corpus")
     asked = {q: queries[q] for q in judged}
-    chunk_runs = _systems(models, corpus, bm25, asked, max(config.k_values) * 3,
-                          config.batch_size, cache)
-    runs = {name: chunks_to_documents(r, chunk_doc) for name, r in chunk_runs.items()}
+    runs = _systems(models, corpus, bm25, asked, max(config.k_values), config.batch_size, cache,
+                    Documents(list(corpus), chunk_doc))
     scored = _score(runs, judged, config)
     scored["note"] = (f"Human qrels from {beir.qrels}; chunks scored, a document takes its best "
                       f"chunk's score. Skipped: {len(no_text)} queries without text, "
