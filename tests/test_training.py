@@ -18,7 +18,7 @@ from customir.config import (GenerateConfig, IngestConfig, LLMConfig, MineConfig
                              VerifyConfig)
 from customir import storage
 from customir.corpus import ingest
-from customir.manifest import Manifest
+from customir.manifest import Manifest, fingerprint
 from customir.negatives import mine, verify
 from customir.queries import generate
 from customir.train import trainer
@@ -53,6 +53,11 @@ def _train(run, tmp_path, **settings):
     manifest = trainer.run(out / "triples", out / "chunks", out,
                            TrainConfig(**{**SMALL, **settings}))
     return manifest, out / "train"
+
+
+def _inputs(out):
+    """The train stage's inputs, as its manifest and checkpoint folder name them."""
+    return {"triples": fingerprint(out / "triples"), "chunks": fingerprint(out / "chunks")}
 
 
 def _weights(model_dir):
@@ -151,9 +156,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, whe
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray cluster, killed with it
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    config = TrainConfig(**settings)
-    location = storage.join(settings.get("checkpoint_storage") or out / ".ray",
-                            config.config_hash())
+    location = trainer.checkpoint_location(settings.get("checkpoint_storage") or out / ".ray",
+                                           TrainConfig(**settings), _inputs(out))
     deadline = time.monotonic() + 300
     while not trainer.latest_checkpoint(location):
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
@@ -206,9 +210,13 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
         except Exception as exc:  # noqa: BLE001  (the test inspects it)
             outcome["error"] = exc
 
+    out.mkdir()
+    for name in ("triples", "chunks"):
+        (out / name).symlink_to(triples / name)
+    location = Path(trainer.checkpoint_location(out / ".ray", TrainConfig(**settings),
+                                                _inputs(out)))
     thread = threading.Thread(target=train)
     thread.start()
-    location = out / ".ray" / TrainConfig(**settings).config_hash()
     deadline = time.monotonic() + 300
     # a checkpoint Ray Train has registered (one it had not would be lost with the worker)
     while not (trainer.latest_checkpoint(location) and _train_worker_pids() - before):
@@ -232,6 +240,21 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
         assert "error" in outcome and not (out / "train").exists()
         shutil.rmtree(scratch)  # nothing restarted the worker: a rerun would remove it
         assert trainer.latest_checkpoint(location)  # kept for a rerun to resume from
+
+
+def test_checkpoints_of_other_inputs_or_settings_are_never_resumed_from(tmp_path):
+    """A run killed mid-training and rerun after an earlier stage changed its triples must not
+    continue the old model: the checkpoint folder is named by the settings and the inputs."""
+    config = TrainConfig(**SMALL)
+    inputs = {"triples": "1111", "chunks": "2222"}
+    here = trainer.checkpoint_location(tmp_path, config, inputs)
+    assert here == trainer.checkpoint_location(tmp_path, TrainConfig(**SMALL, max_failures=0),
+                                               dict(inputs))
+    assert len({here, trainer.checkpoint_location(tmp_path, config, {**inputs, "triples": "3"}),
+                trainer.checkpoint_location(tmp_path, config, {**inputs, "chunks": "3"}),
+                trainer.checkpoint_location(tmp_path, TrainConfig(**SMALL, epochs=9), inputs)}
+               ) == 4
+    assert Path(here).parent == tmp_path
 
 
 def test_only_a_checkpoint_ray_train_registered_is_resumed_from(tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 
-from customir.train.dataset import assign_split, build_training_rows, largest_fillable_batch
+from customir.train.dataset import (assign_split, build_training_rows, largest_fillable_batch,
+                                    rows_per_split)
 
 
 def test_split_is_by_document_and_deterministic():
@@ -65,3 +66,39 @@ def test_training_on_another_runs_chunks_is_one_clear_error(tmp_path):
                                          r".*'z#9'"):
         trainer.run(triples, chunks, tmp_path / "run", TrainConfig())
     assert not (tmp_path / "run" / "train").exists()
+
+
+def _corpus(split_of):
+    """Two chunks per document; chunk ids ``<doc>#<n>``."""
+    chunk_doc = {f"{d}#{n}": d for d in split_of for n in (0, 1)}
+    return {c: c.upper() for c in chunk_doc}, chunk_doc
+
+
+def test_a_multihop_question_with_a_training_chunk_does_not_validate():
+    split_of = {"a": "train", "b": "train", "v": "validation", "w": "validation", "t": "test"}
+    text, chunk_doc = _corpus(split_of)
+    triples = [{"query": "multi", "chunk_id": "a#0", "negative_chunk_ids": []},
+               {"query": "multi", "chunk_id": "v#0", "negative_chunk_ids": []},
+               {"query": "valid", "chunk_id": "w#1", "negative_chunk_ids": []},
+               {"query": "held", "chunk_id": "t#0", "negative_chunk_ids": []}]
+    rows, fills, unused = rows_per_split(triples, text, chunk_doc, split_of, 1, 0)
+    assert [r["anchor"] for r in rows["train"]] == ["multi"]  # it trains on its train chunk
+    assert [r["anchor"] for r in rows["validation"]] == ["valid"]
+    assert unused == {"validation_query_trained_on": 1, "validation_too_few_negatives": 0}
+    assert fills == 1
+
+
+def test_one_validation_document_trains_without_validation_and_says_so():
+    split_of = {"a": "train", "b": "train", "v": "validation", "t": "test"}
+    text, chunk_doc = _corpus(split_of)
+    triples = [{"query": "qa", "chunk_id": "a#0", "negative_chunk_ids": ["b#1"]},
+               {"query": "qv", "chunk_id": "v#0", "negative_chunk_ids": []},
+               {"query": "qv2", "chunk_id": "v#1", "negative_chunk_ids": ["a#0"]}]
+    rows, _, unused = rows_per_split(triples, text, chunk_doc, split_of, 1, 0)
+    assert rows["train"] == [{"anchor": "qa", "positive": "A#0", "negative_1": "B#1"}]
+    assert rows["validation"] == []
+    assert unused == {"validation_query_trained_on": 0, "validation_too_few_negatives": 2}
+    # the train split has no such way out: it is one clear error
+    with pytest.raises(ValueError, match="train split: cannot find 1 negatives .* lower "
+                                         "train.hard_negatives"):
+        rows_per_split(triples, text, chunk_doc, {**split_of, "b": "test"}, 1, 0)

@@ -32,6 +32,10 @@ def assign_split(doc_id: str, fractions: tuple[float, float, float], seed: int) 
     return SPLITS[-1]
 
 
+class TooFewNegatives(ValueError):
+    """A split's documents cannot give a query the negatives it needs."""
+
+
 def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
                         chunk_doc: dict[str, str], allowed_docs: set[str],
                         hard_negatives: int, seed: int) -> tuple[list[dict], int]:
@@ -69,13 +73,55 @@ def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
                 negatives.append(pick)
                 fills += 1
         if len(negatives) < hard_negatives:
-            raise ValueError(f"cannot find {hard_negatives} negatives from other documents "
-                             f"in the training split ({len(pool)} chunks); lower "
-                             "train.hard_negatives or add documents")
+            raise TooFewNegatives(f"cannot find {hard_negatives} negatives from other "
+                                  f"documents among its {len(allowed_docs)} documents "
+                                  f"({len(pool)} chunks)")
         for i, negative in enumerate(negatives, start=1):
             row[f"negative_{i}"] = chunk_text[negative]
         rows.append(row)
     return rows, fills
+
+
+def queries_within(triples: list[dict], chunk_doc: dict[str, str],
+                   allowed_docs: set[str]) -> list[dict]:
+    """The rows of queries whose positives all lie in ``allowed_docs``: a multi-hop question
+    with a chunk in a training document was seen in training, so it cannot validate.
+
+    >>> rows = [{"query": "q", "chunk_id": "a#0"}, {"query": "q", "chunk_id": "b#0"},
+    ...         {"query": "r", "chunk_id": "b#1"}]
+    >>> queries_within(rows, {"a#0": "a", "b#0": "b", "b#1": "b"}, {"b"})
+    [{'query': 'r', 'chunk_id': 'b#1'}]
+    """
+    outside = {t["query"] for t in triples if chunk_doc.get(t["chunk_id"]) not in allowed_docs}
+    return [t for t in triples if t["query"] not in outside]
+
+
+def rows_per_split(triples: list[dict], chunk_text: dict[str, str], chunk_doc: dict[str, str],
+                   split_of: dict[str, str], hard_negatives: int, seed: int
+                   ) -> tuple[dict[str, list[dict]], int, dict[str, int]]:
+    """Training and validation rows, the random-negative fills of the training rows, and the
+    validation queries left out, by reason: ``validation_query_trained_on`` (a multi-hop
+    question with a chunk in a training document) and ``validation_too_few_negatives`` (every
+    validation query, when the validation documents cannot give one its negatives: a small
+    corpus then trains without validation rather than failing)."""
+    allowed = {split: {d for d, s in split_of.items() if s == split}
+               for split in ("train", "validation")}
+    try:
+        train, fills = build_training_rows(triples, chunk_text, chunk_doc, allowed["train"],
+                                           hard_negatives, seed)
+    except TooFewNegatives as exc:
+        raise ValueError(f"train split: {exc}; lower train.hard_negatives or add "
+                         "documents") from None
+    chosen = queries_within(triples, chunk_doc, allowed["validation"])
+    try:
+        validation, _ = build_training_rows(chosen, chunk_text, chunk_doc,
+                                            allowed["validation"], hard_negatives, seed)
+    except TooFewNegatives:
+        validation = []
+    in_validation = sum(chunk_doc[t["chunk_id"]] in allowed["validation"] for t in triples)
+    unused = {"validation_query_trained_on": in_validation - len(chosen),
+              "validation_too_few_negatives": len(chosen) - len(validation)}
+    return {"train": train, "validation": validation}, fills, unused
 
 
 def largest_fillable_batch(rows: list[dict], batch_size: int, trials: int = 5,

@@ -30,7 +30,7 @@ from customir.manifest import Balance, Manifest, find_complete, fingerprint, log
 from customir.node_files import resolve
 from customir.runtime import ray_session
 from customir.schemas import CHUNKS, TRIPLES, read_table
-from customir.train.dataset import assign_split, build_training_rows, largest_fillable_batch
+from customir.train.dataset import assign_split, largest_fillable_batch, rows_per_split
 
 STAGE = "train"
 SPLIT_FILE = "split.parquet"
@@ -310,6 +310,13 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
         return dict(result.metrics), local
 
 
+def checkpoint_location(root: str | Path, config: TrainConfig, inputs: dict[str, str]) -> str:
+    """This run's checkpoint folder under ``root``: one per settings *and* inputs, so a resume
+    never continues a model that was trained with other settings or on other triples."""
+    key = json.dumps([config.config_hash(), inputs], sort_keys=True)
+    return storage.join(root, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
 def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         config: TrainConfig, ray_config: RayConfig | None = None, *,
         checkpoint_root: str | None = None) -> Manifest:
@@ -324,9 +331,8 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         return done
     started = time.monotonic()  # the manifest records the stage's whole wall time
     require_deepspeed(config)
-    # a resume must match the settings: one checkpoint folder per settings hash
-    location = storage.join(config.checkpoint_storage or checkpoint_root or run_dir / ".ray",
-                            config.config_hash())
+    location = checkpoint_location(config.checkpoint_storage or checkpoint_root or
+                                   run_dir / ".ray", config, inputs)
     try:
         storage.resolve(location)
     except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -353,22 +359,23 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         pq.write_table(pa.table({"doc_id": docs, "split": [split_of[d] for d in docs]}),
                        tmp / SPLIT_FILE)
-        paths, sizes, fills = {}, {}, 0
-        for split in ("train", "validation"):
-            allowed = {d for d, s in split_of.items() if s == split}
-            rows, n_fill = build_training_rows(triples, chunk_text, chunk_doc, allowed,
-                                               config.hard_negatives, config.seed)
-            if split == "train":
-                train_rows = rows
-            fills += n_fill if split == "train" else 0
+        split_rows, fills, unused = rows_per_split(triples, chunk_text, chunk_doc, split_of,
+                                                   config.hard_negatives, config.seed)
+        if unused["validation_too_few_negatives"]:
+            log("train: no validation, its documents cannot give every query "
+                f"{config.hard_negatives} negatives from another document; training without it")
+        paths, sizes = {}, {}
+        for split, rows in split_rows.items():
             sizes[split] = len(rows)
             if rows:
                 paths[split] = tmp / f"{split}_rows.parquet"
                 pq.write_table(pa.Table.from_pylist(rows), paths[split])
+        train_rows = split_rows["train"]
         if "train" not in paths:
             raise ValueError("no training rows: the train split has no queries "
                              "(check the split fractions and the generate stage's output)")
-        held_out = len(triples) - sizes["train"] - sizes["validation"]
+        held_out = (len(triples) - sizes["train"] - sizes["validation"]
+                    - sum(unused.values()))
         log(f"train: {sizes['train']} rows ({fills} random-negative fills), "
             f"{sizes['validation']} validation, {held_out} test queries held out")
         # Small or repetitive training sets cannot fill a no-duplicates batch; without this the
@@ -388,7 +395,7 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         plot_curves(curves, tmp / "curves.png")
         shutil.rmtree(final, ignore_errors=True)
         skipped = {"validation": sizes["validation"], "test": held_out,
-                   "kind_not_trained": n_read - len(triples)}
+                   "kind_not_trained": n_read - len(triples), **unused}
         manifest.balances["queries"] = Balance(n_read, sizes["train"],
                                                {k: v for k, v in skipped.items() if v})
         manifest.extra.update({"metrics": metrics, "random_negative_fills": fills,
