@@ -122,12 +122,13 @@ def _dispatch(args) -> int:
     if cmd == "serve":
         from customir.serve.app import serve_forever
 
-        from customir.config import ServeConfig
+        from customir.config import ServeConfig, validated
 
         updates = {"host": args.host, "port": args.port, "backend": args.backend,
                    "ingress": args.ingress}
-        serve_cfg = ServeConfig.model_validate(
-            {**cfg.serve.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+        serve_cfg = validated(ServeConfig, {**cfg.serve.model_dump(),
+                                            **{k: v for k, v in updates.items() if v is not None}},
+                              "serve")
         serve_forever(_local_model(args.model, cfg.work_dir), serve_cfg, cfg.ray)
         return 0
     _local_paths_only(args)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from customir.llm.gguf import EMBEDDED_MODELS
 from customir.models import BASE_MODELS
@@ -30,10 +31,24 @@ class _Section(BaseModel):
     # changing them neither reruns a finished stage nor orphans its checkpoints
     _unhashed: ClassVar[frozenset[str]] = frozenset()
 
+    def hashed_settings(self) -> dict[str, Any]:
+        """The settings that decide what the stage writes (nested sections' ``_unhashed`` left
+        out as well)."""
+        data = self.model_dump(mode="json", exclude=set(self._unhashed))
+        for name in data:
+            value = getattr(self, name)
+            if isinstance(value, _Section):
+                data[name] = value.hashed_settings()
+        return data
+
     def config_hash(self) -> str:
-        """A stable hash of this section's settings (used by the manifest's resume check)."""
-        payload = json.dumps(self.model_dump(mode="json", exclude=set(self._unhashed)),
-                             sort_keys=True)
+        """A stable hash of this section's settings (used by the manifest's resume check).
+
+        >>> a, b = GenerateConfig(), GenerateConfig(num_workers=4, llm={"concurrency": 32})
+        >>> a.config_hash() == b.config_hash() != GenerateConfig(max_llm_chunks=5).config_hash()
+        True
+        """
+        payload = json.dumps(self.hashed_settings(), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -67,6 +82,10 @@ class ResponseFormat(str, enum.Enum):
 
 
 class LLMConfig(_Section):
+    _unhashed: ClassVar[frozenset[str]] = frozenset({
+        "api_key_env", "n_threads", "timeout_s", "max_retries", "concurrency", "qps", "replicas",
+        "gpus_per_worker", "resources_per_worker"})
+
     backend: LLMBackend = Field(LLMBackend.llamacpp, description="Engine that serves the LLM.")
     model: str = Field(
         "qwen2.5-coder-1.5b-instruct",
@@ -161,6 +180,9 @@ class DenseSearch(str, enum.Enum):
 
 
 class MineConfig(_Section):
+    _unhashed: ClassVar[frozenset[str]] = frozenset({
+        "java_heap", "threads", "batch_size", "num_workers", "resources_per_worker"})
+
     backend: MiningBackend = Field(MiningBackend.bm25s, description="Candidate ranker.")
     top_k: int = Field(30, description="Candidates retrieved per query before selection.")
     skip_top: int = Field(0, description="Ignore the first r ranks (often near-duplicates).")
@@ -223,6 +245,8 @@ SINGLE_CHUNK_KINDS = ("keyword", "question", "claim")
 
 
 class GenerateConfig(_Section):
+    _unhashed: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers"})
+
     llm: LLMConfig = Field(default_factory=LLMConfig)
     max_llm_chunks: int | None = Field(
         None,
@@ -320,6 +344,8 @@ class VerifyMethod(str, enum.Enum):
 
 
 class VerifyConfig(_Section):
+    _unhashed: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+
     llm: LLMConfig = Field(default_factory=LLMConfig)
     enabled: bool = Field(True, description="Run LLM verification at all.")
     method: VerifyMethod = Field(VerifyMethod.judge_yes_no,
@@ -358,7 +384,8 @@ class TrainLoss(str, enum.Enum):
 
 
 class TrainConfig(_Section):
-    _unhashed: ClassVar[frozenset[str]] = frozenset({"max_failures"})
+    _unhashed: ClassVar[frozenset[str]] = frozenset({
+        "cpus_per_worker", "checkpoint_storage", "max_failures"})
 
     base_model: str = Field(
         "all-MiniLM-L6-v2",
@@ -430,6 +457,8 @@ class BeirEvalConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    _unhashed: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+
     k_values: list[int] = Field([1, 5, 10, 100], description="Cut-offs for every metric.")
     beir: list[BeirEvalConfig] = Field(
         default_factory=list,
@@ -497,25 +526,27 @@ class ServeConfig(_Section):
         None, description="If set, requests need 'Authorization: Bearer <key>' with the key "
         "from this environment variable.")
     max_input_chars: int = Field(
-        20000, description="Longer input strings are rejected (400). Within the limit, text is "
-        "truncated to the model's max_seq_length tokens; usage counts the tokens embedded.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, description="Larger request bodies get 413.")
+        20000, ge=1, description="Longer input strings are rejected (400). Within the limit, "
+        "text is truncated to the model's max_seq_length tokens; usage counts the tokens "
+        "embedded.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1,
+                                description="Larger request bodies get 413.")
     target_ongoing_requests: float = Field(
-        4, description="Autoscaling target of in-flight requests per replica.")
+        4, gt=0, description="Autoscaling target of in-flight requests per replica.")
     encoder_threads: int | None = Field(
-        None, description="onnxruntime intra-op threads per replica (None: all cores). Fewer "
+        None, ge=1, description="onnxruntime intra-op threads per replica (None: all cores). Fewer "
         "leave CPU to the HTTP proxy on small machines.")
-    port: int = Field(8000, description="HTTP port.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     model_name: str = Field("customir-embed", description="Name reported by /v1/models.")
-    max_batch_size: int = Field(32, description="Ray Serve @serve.batch size.")
-    batch_wait_timeout_s: float = Field(0.01, description="Ray Serve batch wait.")
-    max_input_items: int = Field(2048, description="Most strings one request may carry.")
-    min_replicas: int = Field(1, description="Autoscaling lower bound.")
-    max_replicas: int = Field(1, description="Autoscaling upper bound.")
+    max_batch_size: int = Field(32, ge=1, description="Ray Serve @serve.batch size.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="Ray Serve batch wait.")
+    max_input_items: int = Field(2048, ge=1, description="Most strings one request may carry.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound.")
+    max_replicas: int = Field(1, ge=1, description="Autoscaling upper bound.")
     request_timeout_s: float = Field(
-        30.0, gt=0, description="A request not answered within this many seconds gets 408 (set "
-        "on the HTTP proxy and enforced again in the replica, which a client header cannot "
-        "lift).")
+        30.0, gt=0, description="A request not answered within this many seconds gets 408 "
+        "(enforced in the replica, which a client header cannot lift; the HTTP proxy's limit is "
+        "a few seconds longer, so the 408 carries an OpenAI-style error body).")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica works on at "
                                       "once; more wait in the queue.")
     max_queued_requests: int = Field(
@@ -525,6 +556,13 @@ class ServeConfig(_Section):
     graceful_shutdown_timeout_s: float = Field(
         20.0, ge=0, description="On shutdown or downscaling a replica stops taking requests and "
         "finishes those in flight for up to this long.")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas "
+                             f"({self.max_replicas})")
+        return self
 
 
 class RayConfig(_Section):
@@ -640,13 +678,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for override in overrides or []:
         _apply_override(data, override)
     _resolve_paths(data, Path.cwd())  # what the file gave is absolute by now
+    return validated(PipelineConfig, data)
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], section: str = ""):
+    """``model`` (the config's ``section``, if one) built from ``data``; what pydantic rejects
+    is one ConfigError line."""
     try:
-        return PipelineConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config: {_one_line(exc)}") from None
+        raise ConfigError(f"invalid config: {_one_line(exc, section)}") from None
 
 
-def _one_line(error) -> str:
+def _one_line(error, section: str = "") -> str:
     """Every field pydantic rejected, as ``where: why (got value)`` on one line.
 
     >>> try:
@@ -657,7 +701,8 @@ def _one_line(error) -> str:
     """
     parts = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "config"
+        where = ".".join(str(part) for part in ([section] if section else []) + list(
+            item["loc"])) or "config"
         got = repr(item.get("input"))
         parts.append(f"{where}: {item['msg']} (got {got[:60] + '…' if len(got) > 60 else got})")
     return "; ".join(sorted(parts))

@@ -17,7 +17,7 @@ from customir.config import ConfigError, PipelineConfig
 from customir.manifest import Manifest, log
 from customir.run_store import RunStore
 from customir.runtime import ray_session
-from customir.serve.app import ingress_env
+from customir.serve.app import api_key, ingress_env
 
 
 STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate", "export")
@@ -49,15 +49,18 @@ def run_pipeline(config: PipelineConfig, *, serve_check: bool = True,
         check_beir_files(config.evaluate)  # before an hour of stages, not after
     timings: dict[str, float] = {}
     manifests = {}
+    serve_check = serve_check and until == "export"
+    if serve_check:
+        api_key(config.serve)  # an unset serve.api_key_env is said now, not after the stages
     # the serving check's ingress needs the cluster started with its settings
-    cluster_env = ingress_env(config.serve) if serve_check and until == "export" else {}
+    cluster_env = ingress_env(config.serve) if serve_check else {}
     with ray_session(config.ray, cluster_env):
         for stage in STAGES[:STAGES.index(until) + 1]:
             started = time.monotonic()
             manifests[stage] = run_stage(config, stage)
             timings[stage] = round(time.monotonic() - started, 1)
         check = None
-        if serve_check and until == "export":
+        if serve_check:
             started = time.monotonic()
             check = check_serving(store.require("export"), config)
             timings["serve_check"] = round(time.monotonic() - started, 1)
@@ -126,7 +129,8 @@ def check_serving(export_dir: Path, config: PipelineConfig) -> dict:
     texts = ["What does this corpus say about treatment outcomes?", "protein folding"]
     url = app.start(export_dir, config.serve)
     try:
-        client = OpenAI(base_url=url, api_key="unused", max_retries=2, timeout=60)
+        client = OpenAI(base_url=url, api_key=app.api_key(config.serve) or "unused",
+                        max_retries=2, timeout=60)
         reply = client.embeddings.create(model=config.serve.model_name, input=texts)
         served = np.array([d.embedding for d in reply.data], dtype=np.float32)
     finally:

@@ -43,9 +43,9 @@ CORPUS_MIRROR = "corpus"  # under work_dir: the local copy of a corpus given as 
 
 
 def default_work_dir(run_dir: str) -> Path:
-    """One cache folder per run folder URI, so reruns on this machine reuse their mirror."""
-    return (Path("~/.cache/customir/runs").expanduser()
-            / hashlib.sha256(run_dir.encode()).hexdigest()[:16])
+    """One cache folder per run folder URI (under ``$CUSTOMIR_CACHE``, else
+    ``~/.cache/customir``), so reruns on this machine reuse their mirror."""
+    return storage.cache_home() / "runs" / hashlib.sha256(run_dir.encode()).hexdigest()[:16]
 
 
 class RunStore:

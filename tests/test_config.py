@@ -29,14 +29,24 @@ def test_config_hash_changes_with_settings():
     assert a.train.config_hash() == b.train.config_hash()
 
 
-def test_how_often_training_may_fail_is_not_part_of_its_hash():
-    """``train.max_failures`` changes how the stage runs, not what it writes: changing it must
-    neither rerun a finished stage nor orphan its checkpoints (one folder per settings hash)."""
-    a = load_config()
-    b = load_config(None, ["train.max_failures=0"])
-    c = load_config(None, ["train.max_steps=7"])
-    assert b.train.max_failures == 0 != a.train.max_failures
-    assert a.train.config_hash() == b.train.config_hash() != c.train.config_hash()
+@pytest.mark.parametrize("section, runs_differently, writes_differently", [
+    ("train", ["train.max_failures=0", "train.cpus_per_worker=1"], "train.max_steps=7"),
+    ("generate", ["generate.num_workers=3", "generate.batch_size=16", "generate.llm.qps=2",
+                  "generate.llm.concurrency=2", "generate.llm.timeout_s=9",
+                  "generate.llm.n_threads=1"], "generate.llm.max_tokens=50"),
+    ("verify", ["verify.batch_size=2", "verify.llm.max_retries=0"], "verify.llm.model=x"),
+    ("mine", ["mine.num_workers=4", "mine.batch_size=8", "mine.threads=1"], "mine.top_k=9"),
+    ("evaluate", ["evaluate.batch_size=8"], "evaluate.k_values=[10]"),
+])
+def test_settings_of_how_a_stage_runs_are_not_part_of_its_hash(section, runs_differently,
+                                                                writes_differently):
+    """Workers, batch sizes, threads, retries change how a stage runs, not what it writes:
+    changing one must neither rerun a finished stage (and everything after it) nor orphan
+    training checkpoints (one folder per settings hash)."""
+    def digest(overrides):
+        return getattr(load_config(None, overrides), section).config_hash()
+
+    assert digest(runs_differently) == digest([]) != digest([writes_differently])
 
 
 @pytest.mark.parametrize("text, message", [
@@ -64,6 +74,13 @@ def test_bad_override():
     ("evaluate.beir=5", "beir"),
     ("evaluate.beir=[5]", "beir"),
     ("evaluate.beir=[{queries: q.jsonl}]", "qrels"),
+    # serving limits that would make every request fail (a zero batch: 500s behind a green
+    # /health; a negative body limit: 413s)
+    ("serve.max_batch_size=0", "serve.max_batch_size"),
+    ("serve.max_input_items=0", "serve.max_input_items"),
+    ("serve.max_body_bytes=-1", "serve.max_body_bytes"),
+    ("serve.port=99999999", "serve.port"),
+    ("serve.min_replicas=3", "min_replicas .3. is above max_replicas"),
 ])
 def test_bad_override_values_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -163,10 +163,13 @@ def test_a_local_run_dir_is_its_own_mirror_and_never_syncs(tmp_path, count_uploa
     assert count_uploads == [] and not (tmp_path / "unused").exists()
 
 
-def test_a_remote_run_dir_has_a_default_work_dir_per_uri(s3_bucket):
+def test_a_remote_run_dir_has_a_default_work_dir_per_uri(s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUSTOMIR_CACHE", raising=False)
     a, b = RunStore(s3_bucket), RunStore(storage.join(s3_bucket, "other"))
     assert a.local.parent == Path("~/.cache/customir/runs").expanduser()
     assert a.local != b.local and a.local == RunStore(s3_bucket).local
+    monkeypatch.setenv("CUSTOMIR_CACHE", str(tmp_path / "cache"))  # the machine's cache folder
+    assert RunStore(s3_bucket).local == tmp_path / "cache" / "runs" / a.local.name
 
 
 def test_uris_in_a_config_file_are_not_taken_for_relative_paths(tmp_path):

@@ -121,6 +121,19 @@ def test_malformed_json_oversized_body_and_keys(server):
     assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]["message"]
     huge = _post(url, {"input": "x" * 1_000_000})
     assert huge.status_code == 413 and "over the limit" in huge.json()["error"]["message"]
+    # the same body sent without a declared length (Transfer-Encoding: chunked)
+    body = b'{"input": "' + b"x" * 1_000_000 + b'"}'
+    chunked = httpx.post(f"{url}/embeddings", content=iter([body[i:i + 65536] for i in
+                                                           range(0, len(body), 65536)]),
+                         headers={"Authorization": f"Bearer {KEY}",
+                                  "Content-Type": "application/json"}, timeout=30)
+    assert chunked.request.headers.get("transfer-encoding") == "chunked"
+    assert chunked.status_code == 413 and "over the limit" in chunked.json()["error"]["message"]
+    small = b'{"input": "a chunked request within the limit"}'
+    fine = httpx.post(f"{url}/embeddings", content=iter([small[:10], small[10:]]),
+                      headers={"Authorization": f"Bearer {KEY}",
+                               "Content-Type": "application/json"}, timeout=30)
+    assert fine.status_code == 200 and len(fine.json()["data"]) == 1
     assert _post(url, {"input": "x"}, key=None).status_code == 401
     wrong = _post(url, {"input": "x"}, key="wrong-key")
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
@@ -146,6 +159,36 @@ def test_int8_and_torch_backends_agree_with_fp32(exported):
     torch_emb = TorchEncoder(exported / "export").encode(texts)
     assert np.min(np.sum(fp32 * int8, axis=1)) >= 0.99
     assert np.min(np.sum(fp32 * torch_emb, axis=1)) >= 0.9999
+
+
+def test_a_model_without_token_types_exports_and_matches_torch(exported, tmp_path):
+    """RoBERTa- and MPNet-style tokenizers give no token_type_ids; export must not need them."""
+    import json
+
+    from customir.models import load_sentence_transformer
+
+    model = load_sentence_transformer("all-MiniLM-L6-v2")
+    model.tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    source = tmp_path / "no-token-types"
+    model.save(str(source))
+    settings = json.loads((source / "tokenizer_config.json").read_text())
+    (source / "tokenizer_config.json").write_text(json.dumps(
+        {**settings, "model_input_names": ["input_ids", "attention_mask"]}))
+    assert "token_type_ids" not in load_sentence_transformer(source).tokenizer(["a"])
+    manifest = onnx.run(source, exported / "chunks", tmp_path / "run", ExportConfig(int8=False))
+    assert manifest.extra["parity"]["min_cosine"] >= 0.9999
+    texts = ["what secretes insulin?", "glucose regulation"]
+    graph = OnnxEncoder(tmp_path / "run" / "export").encode(texts)
+    assert np.min(np.sum(graph * TorchEncoder(source).encode(texts), axis=1)) >= 0.9999
+
+
+def test_torch_backend_on_an_export_whose_source_model_is_gone_is_one_clear_error(tmp_path):
+    import json
+
+    (tmp_path / "customir_onnx.json").write_text(json.dumps({"source_model": "/nowhere/model"}))
+    with pytest.raises(FileNotFoundError, match="exported from /nowhere/model, which this "
+                                                "machine does not have"):
+        app.resolve_model_dir(tmp_path, EncoderBackend.torch)
 
 
 def test_tensorrt_without_the_extra_says_what_to_install(exported):
@@ -281,6 +324,22 @@ def test_an_unknown_ingress_is_one_clear_error(exported):
         "argument --ingress: invalid choice: 'nginx' (choose from 'proxy', 'haproxy')")
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--backend", "bogus"], "invalid config: serve.backend: Input should be 'onnx', "),
+    (["--port", "70000"], "invalid config: serve.port: Input should be less than or equal to "
+                          "65535 (got 70000)"),
+])
+def test_bad_serve_options_are_one_line_and_exit_2(exported, option, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "customir.cli", "serve", str(exported),
+                           *option], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_haproxy_ingress_without_a_usable_binary_is_one_clear_error(exported):
     import os
     import subprocess
@@ -385,3 +444,31 @@ def test_a_request_larger_than_the_batch_is_split_and_keeps_its_order(exported, 
         assert np.allclose(served, expected, atol=1e-5)
     finally:
         serve.delete("wide")
+
+
+def test_the_proxy_waits_longer_than_the_replica_so_a_408_is_openai_shaped(server):
+    from ray.serve.context import _get_global_client
+
+    _, config = server
+    proxy = _get_global_client().http_config
+    assert proxy.request_timeout_s == config.request_timeout_s + app.PROXY_GRACE_S
+
+
+def test_stopping_leaves_other_applications_on_the_cluster_running(exported, server):
+    """On a shared cluster `stop` deletes this application only; and a second server asking
+    for another port where Serve already listens is told so instead of being misrouted."""
+    from ray import serve
+
+    url, config = server
+    other = _deploy(exported, server, "other")
+    try:
+        with pytest.raises(ValueError, match=f"already runs on this cluster at "
+                                             f"127.0.0.1:{config.port}"):
+            app.start(exported, config.model_copy(update={"port": free_port()}))
+        app.stop()
+        assert app.APP_NAME not in serve.status().applications
+        assert _post(other, {"input": "still here"}, key=None).status_code == 200
+    finally:
+        app.start(exported, config)  # the module's server again
+        serve.delete("other")
+    assert _post(url, {"input": "back again"}).status_code == 200

@@ -51,6 +51,9 @@ def export_onnx(model, model_dir: Path, out_dir: Path, opset: int) -> dict:
 
     sample = model.tokenizer(["an example sentence", "another one, a little longer"],
                              padding=True, return_tensors="pt")
+    # a model without token types (RoBERTa, MPNet, ...) gets zeros: the graph's inputs stay the
+    # same for every model, and an input the graph does not use is not fed (OnnxEncoder)
+    sample.setdefault("token_type_ids", torch.zeros_like(sample["input_ids"]))
     args = tuple(sample[name] for name in ("input_ids", "attention_mask", "token_type_ids"))
     dynamic = {"input_ids": {0: "batch", 1: "sequence"},
                "attention_mask": {0: "batch", 1: "sequence"},
@@ -65,7 +68,7 @@ def export_onnx(model, model_dir: Path, out_dir: Path, opset: int) -> dict:
     meta = {"dimension": model.get_embedding_dimension(),
             "max_seq_length": model.max_seq_length,
             "pad_id": model.tokenizer.pad_token_id or 0, "normalized": True,
-            "source_model": str(model_dir)}
+            "source_model": str(Path(model_dir).resolve())}  # what --backend torch loads
     (out_dir / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
     return meta
 

@@ -17,6 +17,7 @@ itself, never of the request.
 
 import asyncio
 import hmac
+import json
 import os
 import socket
 import tempfile
@@ -38,17 +39,23 @@ APP_NAME = "customir"
 def resolve_model_dir(path: str | Path, backend: EncoderBackend) -> Path:
     """Accept a run folder (uses its export/), an export folder, or a sentence-transformers
     folder (torch backend only); say clearly what is missing otherwise."""
-    from customir.serve.encoder import MODEL_FILES
+    from customir.serve.encoder import EXPORT_CONFIG, MODEL_FILES
 
     path = Path(path)
     if (path / "modules.json").is_file() and backend == EncoderBackend.torch:
         return path
-    folder = next((f for f in (path / "export", path) if (f / "customir_onnx.json").is_file()),
+    folder = next((f for f in (path / "export", path) if (f / EXPORT_CONFIG).is_file()),
                   None)
     if folder is None:
         raise FileNotFoundError(
             f"{path} is neither a run folder with export/, an export folder, nor (with "
             "--backend torch) a sentence-transformers folder; run `customir export` first")
+    if backend == EncoderBackend.torch:  # the export's source model, as TorchEncoder loads it
+        source = Path(json.loads((folder / EXPORT_CONFIG).read_text())["source_model"])
+        if not (source / "modules.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} was exported from {source}, which this machine does not have; "
+                "serve that model folder (RUN/train/model) with --backend torch instead")
     needed = MODEL_FILES.get(backend)
     if needed and not (folder / needed).is_file():
         why = {EncoderBackend.onnx_int8: "export writes it only when the int8 graph passed "
@@ -60,24 +67,51 @@ def resolve_model_dir(path: str | Path, backend: EncoderBackend) -> Path:
 
 
 class _BodyLimit:
-    """ASGI middleware: a body declared larger than ``max_bytes`` gets 413 before it is read.
-    (A plain ASGI class: Starlette's ``@app.middleware("http")`` wraps every request in extra
-    tasks and streams, measurable per request on a small machine.)"""
+    """ASGI middleware: a body declared larger than ``max_bytes`` gets 413 before it is read; one
+    sent without a declared length (``Transfer-Encoding: chunked``) is counted as it arrives and
+    gets 413 once past the limit. (A plain ASGI class: Starlette's ``@app.middleware("http")``
+    wraps every request in extra tasks and streams, measurable per request on a small
+    machine.)"""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
-            if length.isdigit() and int(length) > self.max_bytes:
-                from fastapi.responses import JSONResponse
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if length.isdigit():
+            if int(length) > self.max_bytes:
+                return await self._refuse(f"{length} bytes", scope, receive, send)
+            return await self.app(scope, receive, send)
+        parts, size = [], 0
+        while True:  # no declared length: read the body here, at most max_bytes of it
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_bytes:
+                return await self._refuse(f"over {self.max_bytes} bytes", scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-                error = RequestError(f"request body of {length} bytes is over the limit of "
-                                     f"{self.max_bytes}", status=413)
-                await JSONResponse(error.body(), status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, size: str, scope, receive, send):
+        from fastapi.responses import JSONResponse
+
+        error = RequestError(f"request body of {size} is over the limit of {self.max_bytes}",
+                             status=413)
+        await JSONResponse(error.body(), status_code=413)(scope, receive, send)
 
 
 def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
@@ -241,20 +275,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: str | Path, config: ServeConfig) -> str:
-    """Deploy on the Ray cluster this process is connected to; return the base URL (…/v1)."""
-    from ray import serve
+# The proxy's own time limit is this much longer than the replica's, so a slow request gets the
+# replica's OpenAI-shaped 408 rather than the proxy's plain-text one.
+PROXY_GRACE_S = 5.0
+_serve_started_here = False  # whether start() started Ray Serve (then stop() may end it)
 
+
+def api_key(config: ServeConfig) -> str | None:
+    """The key clients must send (from ``serve.api_key_env``), or None for an open server."""
+    if not config.api_key_env:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise ValueError(f"serve.api_key_env names {config.api_key_env}, which is not set")
+    return key
+
+
+def start(model: str | Path, config: ServeConfig) -> str:
+    """Deploy on the Ray cluster this process is connected to; return the base URL (…/v1). On a
+    cluster where Ray Serve already runs (another team's applications), this application joins
+    it, on the host and port it listens on."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    global _serve_started_here
     model_dir = resolve_model_dir(model, config.backend)
-    api_key = None
-    if config.api_key_env:
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            raise ValueError(f"serve.api_key_env names {config.api_key_env}, which is not set")
-    serve.start(http_options={"host": config.host, "port": config.port,
-                              "request_timeout_s": config.request_timeout_s})
+    key = api_key(config)
+    running = _get_global_client(raise_if_no_controller_running=False)
+    if running is None:
+        serve.start(http_options={"host": config.host, "port": config.port,
+                                  "request_timeout_s": config.request_timeout_s + PROXY_GRACE_S})
+        _serve_started_here = True
+    elif (running.http_config.host, running.http_config.port) != (config.host, config.port):
+        raise ValueError(f"Ray Serve already runs on this cluster at "
+                         f"{running.http_config.host}:{running.http_config.port}; set "
+                         "serve.host and serve.port to those, or serve on a cluster of its own")
     # replicas may land on nodes that do not see this machine's disk
-    serve.run(build_app(ShippedFolder.ship(model_dir), config, api_key), name=APP_NAME,
+    serve.run(build_app(ShippedFolder.ship(model_dir), config, key), name=APP_NAME,
               route_prefix="/")
     url = f"http://{config.host}:{config.port}/v1"
     log(f"serve: {config.model_name} ({config.backend.value}) at {url}/embeddings")
@@ -262,9 +319,18 @@ def start(model: str | Path, config: ServeConfig) -> str:
 
 
 def stop() -> None:
+    """Delete this application; end Ray Serve only if start() started it and nothing else is
+    deployed on it (on a shared cluster other applications keep running)."""
     from ray import serve
+    from ray.serve.context import _get_global_client
 
-    serve.shutdown()
+    global _serve_started_here
+    if _get_global_client(raise_if_no_controller_running=False) is None:
+        return
+    serve.delete(APP_NAME)
+    if _serve_started_here and not serve.status().applications:
+        serve.shutdown()
+        _serve_started_here = False
 
 
 def example_curl(url: str, config: ServeConfig) -> str:
