@@ -74,7 +74,7 @@ class RunStore:
                     raise FileNotFoundError(f"bucket {bucket!r} does not exist")
             else:
                 fs.get_file_info(root)  # reaches the store (the folder itself may be new)
-        except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        except storage.location_errors() as exc:
             reason = " ".join(str(exc).split())  # pyarrow's messages can span lines
             raise ConfigError(f"run_dir {self.run_dir!r} is not a usable location: "
                               f"{reason}") from None
@@ -140,7 +140,7 @@ class RunStore:
             return local
         try:
             remote_files = storage.list_files(corpus)
-        except (ValueError, OSError) as exc:
+        except storage.location_errors() as exc:
             raise ConfigError(f"corpus {corpus!r} is not a usable location: "
                               f"{' '.join(str(exc).split())}") from None
         if not remote_files:

@@ -120,6 +120,14 @@ def delete_dir(location: str | Path) -> None:
         fs.delete_dir(path)
 
 
+def location_errors() -> tuple[type[BaseException], ...]:
+    """What pyarrow raises for a location it cannot use: ArrowInvalid (a ValueError), IO errors
+    (OSError) and, e.g. for a failed Azure login, its bare ArrowException."""
+    from pyarrow.lib import ArrowException
+
+    return ValueError, OSError, ArrowException
+
+
 def cache_home() -> Path:
     """customir's per-machine cache folder: ``$CUSTOMIR_CACHE``, else ``~/.cache/customir``."""
     return Path(os.environ.get("CUSTOMIR_CACHE") or Path.home() / ".cache" / "customir")

@@ -59,8 +59,9 @@ def test_unusable_replies_name_their_reason(reply, reason):
 def test_queries_are_validated_one_by_one():
     passage = "Statins lower LDL cholesterol in adults."
     assert validate_query(" statins   LDL ", [passage], 40) == "statins LDL"
+    cut_emoji = parse_json_reply(Completion('{"query": "statins \\ud83d LDL"}'))["query"]
     for value, reason in ((None, "missing"), ("", "missing"), (3, "missing"),
-                          (" ".join(["word"] * 41), "too_long")):
+                          (" ".join(["word"] * 41), "too_long"), (cut_emoji, "bad_unicode")):
         with pytest.raises(ReplyError) as info:
             validate_query(value, [passage], 40)
         assert info.value.reason == reason
@@ -173,3 +174,7 @@ def test_answering_udf_turns_failures_into_error_rows():
     assert json.loads(out[0]["text"]) == {"keyword": "Insulin lowers glucose"}
     assert out[0]["error"] is None
     assert out[1]["finish_reason"] == "error" and out[1]["error"].startswith("JSONDecodeError")
+    # an endpoint whose JSON held a "\ud83d" escape: half a character that Parquet refuses
+    udf.llm.complete_json = lambda *_: Completion('{"keyword": "insulin \ud83d dose"}')
+    [cut] = udf(pa.Table.from_pylist([good], schema=REQUESTS)).to_pylist()
+    assert cut["text"] == '{"keyword": "insulin \ufffd dose"}' and cut["error"] is None

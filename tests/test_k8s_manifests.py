@@ -156,3 +156,24 @@ def test_rayservice_builder_names_a_missing_model_dir(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="neither a run folder"):
         call_user_app_builder_with_args_if_necessary(app_builder, {"model_dir": str(tmp_path)})
+
+
+def test_rayservice_pods_that_build_or_serve_the_app_see_its_model_and_the_proxy_waits_longer():
+    """Serve builds the application (app_builder opens model_dir) in a task that normally runs
+    on the head; the replicas run on the workers: every one of those pods mounts the volume
+    holding model_dir. The proxy's time limit is above the replica's, so a 408 is JSON."""
+    from customir.serve.app import PROXY_GRACE_S
+
+    doc = by_kind("RayService")
+    model_dir = Path(serve_application()["args"]["model_dir"])
+    cluster = doc["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
+        group["template"]["spec"] for group in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        claims = {v["name"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+        mounts = [m for c in pod["containers"] for m in c.get("volumeMounts", [])
+                  if m["name"] in claims]
+        assert any(model_dir.is_relative_to(m["mountPath"]) for m in mounts), pod
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    replica = serve_application()["args"]["serve"]["request_timeout_s"]
+    assert serve_config["http_options"]["request_timeout_s"] == replica + PROXY_GRACE_S

@@ -33,3 +33,14 @@ def test_likelihood_is_the_mean_of_the_choice_sum(llm):
     # split (the KV cache is reused from different points), hence the tolerance
     assert llm.query_log_likelihood(prompt, continuation) == pytest.approx(total / n_tokens,
                                                                            abs=0.05)
+
+
+def test_a_prompt_over_the_context_is_an_error_not_a_score_without_its_query(llm):
+    """Cutting the prompt to fit would drop its end, the query: the score would be read after a
+    passage alone. The pair fails instead (verify counts it as llm_error)."""
+    prompt, choices = build_judge_prompt("Aspirin thins the blood. " * 200,
+                                         "aspirin and blood " * 60, "yes_no")
+    with pytest.raises(ValueError, match="over llm.n_ctx 512"):
+        llm.choice_log_likelihoods(prompt, choices)
+    assert llm.choice_log_likelihoods(*build_judge_prompt("Aspirin thins blood.", "aspirin",
+                                                          "yes_no"))  # and it goes on

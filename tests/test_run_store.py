@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from customir import storage
-from customir.config import load_config
+from customir.config import ConfigError, load_config
 from customir.manifest import MANIFEST, Manifest, fingerprint, stage_output
 from customir.pipeline import STAGE_FOLDERS, STAGES, run_pipeline
 from customir.run_store import RunStore
@@ -254,3 +254,11 @@ def test_an_unusable_run_dir_is_one_clear_line_and_exit_2(s3_endpoint, tmp_path,
         if case == "no bucket":
             assert "bucket 'nosuchbucket' does not exist" in out.stderr
     assert not (tmp_path / "work").exists()  # failed before any work
+
+
+@pytest.mark.parametrize("run_dir", ["foo://bucket/run", "abfs://c@acct.dfs.core.windows.net/run"])
+def test_an_unusable_run_dir_uri_is_one_config_error(run_dir):
+    """pyarrow refuses locations with ValueError, OSError or (a failed Azure login, no network
+    here) its bare ArrowException: each is the same one-line error, before any stage runs."""
+    with pytest.raises(ConfigError, match=f"run_dir {run_dir!r} is not a usable location: "):
+        RunStore(run_dir).check()

@@ -98,6 +98,22 @@ def test_mine_then_verify(run_dir):
     assert scores and all(0.0 <= s <= 1.0 for s in scores)
 
 
+def test_verification_that_scores_nothing_fails_and_writes_nothing(run_dir):
+    """An endpoint that is down (or a model it does not serve) fails every pair: that is one
+    clear error, not a finished stage that verified nothing and would be reused on a rerun."""
+    from conftest import free_port
+
+    generate.run(run_dir / "chunks", run_dir, GenerateConfig(llm=SCRIPTED, kinds=["keyword"]))
+    mine.run(run_dir / "queries", run_dir / "chunks", run_dir, MineConfig(top_k=10))
+    down = LLMConfig(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
+                     model="m", max_retries=0, timeout_s=5)
+    with pytest.raises(ValueError, match=r"verify: the LLM could score none of the \d+ "
+                                         r"candidates .*first error: .*Connection"):
+        verify.run(run_dir / "candidates", run_dir / "chunks", run_dir,
+                   VerifyConfig(llm=down, max_queries=2))
+    assert not (run_dir / "triples").exists()
+
+
 @pytest.mark.parametrize("backend", ["pyserini", "hybrid"])
 def test_mining_backends_share_one_index_per_run(run_dir, backend):
     generate.run(run_dir / "chunks", run_dir, GenerateConfig(llm=SCRIPTED, kinds=["keyword"]))

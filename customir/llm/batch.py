@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from customir.config import LLMBackend, LLMConfig
+from customir.corpus.readers import whole_characters
 
 REQUESTS = pa.schema([
     ("request_id", pa.string()),
@@ -84,7 +85,9 @@ class ChatAnswerer:
                                            row["max_tokens"], row["temperature"])
         except Exception as exc:  # noqa: BLE001 - any failure to answer is counted, not fatal
             return error_reply(row["request_id"], describe_error(exc), self._attempts())
-        return {"request_id": row["request_id"], "text": reply.text,
+        # an endpoint's JSON may carry a "\ud83d" escape: half a character, which no Parquet
+        # column takes; it becomes U+FFFD (and a query holding one is re-asked)
+        return {"request_id": row["request_id"], "text": whole_characters(reply.text),
                 "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
                 "completion_tokens": reply.completion_tokens, "error": None,
                 "attempts": self._attempts()}

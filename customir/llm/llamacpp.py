@@ -56,9 +56,10 @@ class LlamaCppLLM:
         llm = self._llm
         prompt_ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
         tokens = prompt_ids + continuation_ids
-        if len(tokens) > llm.n_ctx():
-            keep = llm.n_ctx() - len(continuation_ids) - 1
-            tokens = prompt_ids[:keep] + continuation_ids
+        if len(tokens) > llm.n_ctx():  # cutting would drop the query the score is read after
+            raise ValueError(f"prompt and continuation take {len(tokens)} tokens, over "
+                             f"llm.n_ctx {llm.n_ctx()}; raise it (the pair is counted as "
+                             "llm_error)")
         cached = llm.input_ids[: llm.n_tokens].tolist()
         shared = 0
         for a, b in zip(cached, tokens):

@@ -204,6 +204,11 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         skipped["unverified_dropped"] = verdicts[UNVERIFIED]
         skipped["llm_error_dropped"] = verdicts[LLM_ERROR]
     checked = verdicts[KEPT] + verdicts[FALSE_NEGATIVE]
+    if verdicts[LLM_ERROR] and not checked:  # a broken endpoint or model, not a few bad pairs
+        first = next(e for es in rows["llm_errors"].to_pylist() if es for e in es)
+        raise ValueError(f"verify: the LLM could score none of the {verdicts[LLM_ERROR]} "
+                         f"candidates it was asked about (first error: {first}); fix "
+                         "verify.llm and rerun (nothing was written)")
     with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         write_rows(tmp, table, skips)
         manifest.balances["queries"] = Balance(candidates.num_rows, table.num_rows,

@@ -209,6 +209,7 @@ _INSTRUCTION = re.compile(
     r"|\b(reply|respond|answer|output|write|say)\b[^.!?\n]{0,20}\b(only|exactly|with the words?)\b",
     re.IGNORECASE)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _WORDS = re.compile(r"\w{3,}")
 
 
@@ -245,7 +246,7 @@ def echoes_instructions(query: str, passages: list[str]) -> bool:
 
 
 def validate_query(value, passages: list[str], max_words: int) -> str:
-    """A reply's query, whitespace-normalised; ReplyError(missing | too_long |
+    """A reply's query, whitespace-normalised; ReplyError(missing | bad_unicode | too_long |
     copied_example | prompt_injection) when it cannot be used.
 
     >>> validate_query("  heart   risk ", ["Heart risk rises."], 40)
@@ -253,6 +254,8 @@ def validate_query(value, passages: list[str], max_words: int) -> str:
     """
     if not isinstance(value, str) or not value.strip():
         raise ReplyError("missing", f"no text for this query: {value!r}")
+    if _LONE_SURROGATE.search(value):  # a "\ud83d" escape: half a character, unwritable
+        raise ReplyError("bad_unicode", f"holds half a character: {value!r}")
     query = " ".join(value.split())
     if len(query.split()) > max_words:
         raise ReplyError("too_long", f"{len(query.split())} words > {max_words}")

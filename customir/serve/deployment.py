@@ -36,15 +36,10 @@ class DeploymentArgs(BaseModel):
 def app_builder(args: DeploymentArgs):
     """Ray Serve application builder: ``args`` → bound ``EmbeddingServer`` deployment."""
     from customir.config import ServeConfig
-    from customir.serve.app import build_app, resolve_model_dir
+    from customir.serve.app import api_key, build_app, resolve_model_dir
 
     model_dir = args.model_dir or os.environ.get("CUSTOMIR_MODEL_DIR")
     if not model_dir:
         raise ValueError("set args.model_dir in the Serve config or CUSTOMIR_MODEL_DIR")
     config = ServeConfig.model_validate(args.serve)
-    api_key = None
-    if config.api_key_env:
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            raise ValueError(f"serve.api_key_env names {config.api_key_env}, which is not set")
-    return build_app(resolve_model_dir(model_dir, config.backend), config, api_key)
+    return build_app(resolve_model_dir(model_dir, config.backend), config, api_key(config))

@@ -335,7 +335,7 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
                                    run_dir / ".ray", config, inputs)
     try:
         storage.resolve(location)
-    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+    except storage.location_errors() as exc:
         raise ValueError(f"train.checkpoint_storage {config.checkpoint_storage!r} is not a "
                          f"usable location: {exc}") from None
     chunks = read_table(chunks_dir, CHUNKS).select(["chunk_id", "doc_id", "text"]).to_pydict()
