@@ -68,17 +68,28 @@ class TensorRTSession:
         self.engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        # the graph's inputs (an input the model ignores may have been dropped from it)
+        self.inputs = [n for n in names
+                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        # the largest batch the optimization profile admits (export.tensorrt_max_batch)
+        self.max_batch = min(int(self.engine.get_tensor_profile_shape(n, 0)[2][0])
+                             for n in self.inputs)
 
     def run(self, feeds: dict) -> "object":
         torch = self._torch
-        inputs = {k: torch.from_numpy(v).to("cuda", torch.int64) for k, v in feeds.items()}
-        batch = next(iter(inputs.values())).shape[0]
-        for name, tensor in inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        output = torch.empty((batch, self.engine.get_tensor_shape("sentence_embedding")[-1]),
-                             dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address("sentence_embedding", output.data_ptr())
-        self.context.execute_async_v3(self.stream.cuda_stream)
+        # copies in, the engine and the output on one stream, so the engine never reads
+        # inputs still being copied on another
+        with torch.cuda.stream(self.stream):
+            inputs = {k: torch.from_numpy(v).to("cuda", torch.int64) for k, v in feeds.items()
+                      if k in self.inputs}
+            batch = next(iter(inputs.values())).shape[0]
+            for name, tensor in inputs.items():
+                self.context.set_input_shape(name, tuple(tensor.shape))
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            output = torch.empty((batch, self.engine.get_tensor_shape("sentence_embedding")[-1]),
+                                 dtype=torch.float32, device="cuda")
+            self.context.set_tensor_address("sentence_embedding", output.data_ptr())
+            self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
         return output.cpu().numpy()

@@ -137,6 +137,10 @@ class TensorRTEncoder(_Tokenized):
         super().__init__(model_dir)
         self.session = TensorRTSession(model_dir / "model.plan")
 
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        # a serve.max_batch_size above the engine's profile would fail every large batch
+        return super().encode(texts, min(batch_size, self.session.max_batch))
+
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(feeds)
 
