@@ -17,6 +17,7 @@ import json
 import re
 
 from customir.config import SINGLE_CHUNK_KINDS
+from customir.corpus.readers import whole_characters
 from customir.llm.protocol import Completion
 from customir.queries.filtering import copy_share
 
@@ -209,7 +210,6 @@ _INSTRUCTION = re.compile(
     r"|\b(reply|respond|answer|output|write|say)\b[^.!?\n]{0,20}\b(only|exactly|with the words?)\b",
     re.IGNORECASE)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _WORDS = re.compile(r"\w{3,}")
 
 
@@ -254,7 +254,7 @@ def validate_query(value, passages: list[str], max_words: int) -> str:
     """
     if not isinstance(value, str) or not value.strip():
         raise ReplyError("missing", f"no text for this query: {value!r}")
-    if _LONE_SURROGATE.search(value):  # a "\ud83d" escape: half a character, unwritable
+    if whole_characters(value) != value:  # a "\ud83d" escape: half a character, unwritable
         raise ReplyError("bad_unicode", f"holds half a character: {value!r}")
     query = " ".join(value.split())
     if len(query.split()) > max_words:
