@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import shutil
 import sys
@@ -22,7 +23,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 MANIFEST = "_manifest.json"
 _TRACKED_PACKAGES = (
@@ -84,20 +85,31 @@ def fingerprint(path: str | Path) -> str:
     """Identify an input: a stage folder by its manifest; a file or folder inside one (the model
     under ``train/``) by that manifest and its place in it; anything else by names, sizes,
     mtimes. Copies of a stage folder (pulled from a run folder on object storage, with new
-    mtimes) are then the same input on every machine."""
+    mtimes) are then the same input on every machine. (A corpus is not a stage's output: ingest
+    uses :func:`listing_fingerprint` of the files it reads.)"""
     path = Path(path).absolute()
     for stage_dir in (path, *path.parents):
         if (stage_dir / MANIFEST).is_file():
             digest = hashlib.sha256((stage_dir / MANIFEST).read_bytes())
             if stage_dir != path:
-                digest.update(f"\n{path.relative_to(stage_dir).as_posix()}".encode())
+                digest.update(b"\n" + os.fsencode(path.relative_to(stage_dir).as_posix()))
             return digest.hexdigest()[:16]
-    digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return listing_fingerprint(path, files)
+
+
+def listing_fingerprint(root: Path, files: Iterable[Path]) -> str:
+    """Identify ``files`` (``root`` itself, or files below it) by names, sizes and mtimes. A
+    name that is not UTF-8 is hashed as its bytes; a file gone since it was listed is left out.
+    """
+    digest = hashlib.sha256()
     for f in files:
-        stat = f.stat()
-        digest.update(f"{f.relative_to(path) if f != path else f.name}:{stat.st_size}:"
-                      f"{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = f.stat()
+        except FileNotFoundError:
+            continue
+        name = f.relative_to(root).as_posix() if f != root else f.name
+        digest.update(os.fsencode(name) + f":{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -51,6 +51,17 @@ def test_a_short_chunk_joins_its_smaller_neighbour(count_tokens):
     assert chunk_text("See text.", 40, count_tokens, min_tokens=8) == ["See text."]
 
 
+def test_cjk_text_is_cut_into_sentences_and_pieces_within_the_budget(count_tokens):
+    sentence = "自然语言处理是人工智能的一个重要领域。"
+    chunks = chunk_text(sentence * 60, 200, count_tokens)
+    assert len(chunks) == 6 and all(count_tokens(c) <= 200 for c in chunks)
+    assert "".join(chunks) == sentence * 60  # cut between sentences, no spaces added
+    run_on = "自然语言处理是人工智能的一个重要领域" * 30  # no full stop at all: cut by characters
+    chunks = chunk_text(f"See: {run_on} and more", 200, count_tokens, min_tokens=8)
+    assert [count_tokens(c) for c in chunks] == [2 + 200, 200, 140 + 2]  # "See:" joined
+    assert "".join(chunks) == f"See: {run_on} and more"
+
+
 def test_clean_text_removes_control_characters_and_blank_runs():
     assert clean_text("Title\x07\r\n\r\n\r\nBody   text\u00a0here") == "Title\n\nBody text here"
 
@@ -144,6 +155,9 @@ def test_rerun_is_skipped_and_a_change_reruns(tmp_path, fixture_corpus, monkeypa
     fourth = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
     assert fourth.config_hash != third.config_hash
     assert Manifest.read(tmp_path / "run" / "chunks").config_hash == fourth.config_hash
+    monkeypatch.setattr(ingest, "READER_VERSION", "next")  # new text from the same files: reread
+    fifth = ingest.run(fixture_corpus, tmp_path / "run", IngestConfig())
+    assert fifth.config_hash != fourth.config_hash
 
 
 def test_a_corpus_with_nothing_usable_is_one_clear_error(tmp_path):
@@ -288,6 +302,63 @@ def test_half_a_character_from_a_json_escape_and_html_tail_text_are_kept(tmp_pat
                            "attacks.")
     page = " ".join(r["text"] for r in rows.values() if r["doc_id"] == "page.html")
     assert page.endswith("Our partners include AT&T")
+
+
+def test_inputs_that_crashed_ingest_are_counted_and_the_counts_reconcile(tmp_path):
+    import os
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / os.fsdecode(b"caf\xe9.txt")).write_text("A file whose name is not UTF-8.")
+    (root / "malformed.html").write_text("<p>Text around a marked section</p><![ if !vml ]>")
+    (root / "empty.jsonl").write_text("")
+    (root / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    (root / "loop.pdf").write_bytes(pdf_bytes("Coral reefs.").replace(b"/Catalog", b"/Cat\xaelog")
+                                    .replace(b"3 0 obj\n", b"3 0 obj\xd9"))
+    (root / "pages.pdf").write_bytes(pdf_bytes("Text on the page that reads.",
+                                               unreadable_page=True))
+    (root / "mixed.txt").write_bytes("Le café est servi.".encode() + b" One stray \x92 byte.")
+    manifest = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    docs = manifest.balances["documents"]
+    assert (docs.n_in, docs.n_out) == (7, 3)
+    assert docs.skipped == {"undecodable_file_name": 1, "no_records": 1, "invalid_json": 1,
+                            "unreadable_pdf": 1}
+    assert manifest.extra["lost_inside_documents"] == {
+        "invalid_utf8_replaced": {"count": 1, "documents": 1, "examples": ["mixed.txt"]},
+        "unreadable_pdf_pages": {"count": 1, "documents": 1, "examples": ["pages.pdf"]}}
+    skipped = pq.read_table(tmp_path / "run" / "chunks" / "skipped.parquet").to_pylist()
+    assert ("caf\\xe9.txt", "undecodable_file_name") in [(s["item"], s["reason"])
+                                                         for s in skipped]
+
+
+def test_the_corpus_fingerprint_covers_only_the_files_ingest_reads(tmp_path):
+    from customir.corpus.readers import corpus_fingerprint
+
+    root = tmp_path / "docs"
+    (root / ".git").mkdir(parents=True)
+    (root / "a.txt").write_text("a document")
+    before = corpus_fingerprint(root)
+    (root / ".git" / "index").write_text("git's own files")
+    (root / ".DS_Store").write_bytes(b"\x00")
+    (root / ".a.txt.swp").write_bytes(b"\x00")
+    (root / "notes.docx").write_bytes(b"PK")
+    assert corpus_fingerprint(root) == before
+    (root / "b.md").write_text("# a new document")
+    assert corpus_fingerprint(root) != before
+
+
+def test_a_manifest_file_in_the_corpus_does_not_hide_edits(tmp_path):
+    from customir.manifest import MANIFEST
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / MANIFEST).write_text('{"exported_by": "some other tool"}')
+    (root / "a.txt").write_text("A first version of the document.")
+    first = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    (root / "a.txt").write_text("A second, longer version of the same document.")
+    second = ingest.run(root, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    assert second.inputs != first.inputs
+    assert "second, longer" in read_table(tmp_path / "run" / "chunks", CHUNKS)["text"][0].as_py()
 
 
 def test_a_folder_that_cannot_be_listed_is_a_counted_skip(tmp_path, monkeypatch):

@@ -45,6 +45,16 @@ def test_fingerprint_follows_content_changes(tmp_path):
     assert fingerprint(tmp_path) != before
 
 
+def test_fingerprint_takes_file_names_that_are_not_utf8(tmp_path):
+    import os
+
+    name = tmp_path / os.fsdecode(b"caf\xe9.txt")
+    name.write_text("a")
+    before = fingerprint(tmp_path)
+    name.write_text("ab")
+    assert fingerprint(tmp_path) != before
+
+
 def test_publishing_removes_what_killed_runs_left(tmp_path):
     # a run killed while writing leaves its temporary folder (and maybe the output it moved
     # aside); the next successful run of the stage clears them, and only its own stage's

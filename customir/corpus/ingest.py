@@ -4,12 +4,14 @@ Ingest is one sequential pass in the driver: it needs a global view for duplicat
 is I/O-bound and cheap next to the LLM stages; the expensive stages after it run on Ray Data.
 
 Balances in the manifest: ``documents`` (files and records in = documents chunked + skipped by
-reason) and ``chunks`` (chunks made = written + duplicates + too short).
+reason) and ``chunks`` (chunks made = written + duplicates + too short). What documents that were
+read lost inside them (unreadable PDF pages, invalid UTF-8 bytes replaced) is counted apart, in
+``lost_inside_documents``.
 """
 
 from __future__ import annotations
-import time
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ import pyarrow as pa
 
 from customir.config import IngestConfig, TrainConfig
 from customir.corpus.chunking import CHUNKER_VERSION, chunk_text, clean_text, normalized_key
-from customir.corpus.readers import Document, Skip, iter_documents
-from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
+from customir.corpus.readers import (READER_VERSION, Document, Skip, corpus_fingerprint,
+                                     iter_documents)
+from customir.manifest import Balance, Manifest, find_complete, log, stage_output
 from customir.models import load_tokenizer, resolve_base_model
 from customir.schemas import CHUNKS, write_rows
 
@@ -48,6 +51,25 @@ class Ingested:
     skipped: list[dict]
     balances: dict[str, Balance]
     decoded_as: dict[str, int]      # documents read in an encoding other than UTF-8
+    lost_inside: dict[str, dict]    # {what: {count, documents, examples}} (see LostInside)
+
+
+class LostInside:
+    """What documents that were read lost inside them, per kind: how much, in how many
+    documents, and the first few of those documents (to look at)."""
+
+    EXAMPLES = 5
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, dict] = {}
+
+    def add(self, doc: Document) -> None:
+        for what, count in doc.lost.items():
+            kind = self.kinds.setdefault(what, {"count": 0, "documents": 0, "examples": []})
+            kind["count"] += count
+            kind["documents"] += 1
+            if len(kind["examples"]) < self.EXAMPLES:
+                kind["examples"].append(doc.doc_id)
 
 
 class EmptyCorpusError(ValueError):
@@ -68,6 +90,7 @@ def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> Ingested
     seen_docs: set[str] = set()
     seen_text: dict[str, str] = {}
     decoded_as: dict[str, int] = {}
+    lost_inside = LostInside()
 
     def skip(balance: Balance, item: str, reason: str, detail: str | None = None) -> None:
         balance.skipped[reason] = balance.skipped.get(reason, 0) + 1
@@ -87,6 +110,7 @@ def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> Ingested
             skip(docs, entry.doc_id, "empty_text", entry.source)
             continue
         docs.n_out += 1
+        lost_inside.add(entry)
         if entry.encoding != "utf-8":
             decoded_as[entry.encoding] = decoded_as.get(entry.encoding, 0) + 1
         for row in made:
@@ -101,7 +125,7 @@ def ingest(corpus: Path, config: IngestConfig, tokenizer_model: str) -> Ingested
                 rows.append(row)
                 chunks.n_out += 1
     return Ingested(pa.Table.from_pylist(rows, schema=CHUNKS), skipped,
-                    {"documents": docs, "chunks": chunks}, decoded_as)
+                    {"documents": docs, "chunks": chunks}, decoded_as, lost_inside.kinds)
 
 
 def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
@@ -109,8 +133,9 @@ def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
     """Write ``run_dir/chunks``; skip the work when an identical output is already there."""
     corpus, out = Path(corpus), Path(run_dir) / "chunks"
     base_model = (train_config or TrainConfig()).base_model
-    config_hash = f"{config.config_hash()}-{base_model}-chunker{CHUNKER_VERSION}"
-    inputs = {"corpus": fingerprint(corpus)}
+    config_hash = (f"{config.config_hash()}-{base_model}-chunker{CHUNKER_VERSION}"
+                   f"-reader{READER_VERSION}")
+    inputs = {"corpus": corpus_fingerprint(corpus)}
     if done := find_complete(out, config_hash, inputs):
         log(f"ingest: up to date ({done.balances['chunks'].n_out} chunks), skipping")
         return done
@@ -124,7 +149,12 @@ def run(corpus: str | Path, run_dir: str | Path, config: IngestConfig,
         write_rows(tmp, result.chunks, result.skipped)
         manifest.balances.update(result.balances)
         manifest.extra.update({"skip_reasons": reasons, "corpus": str(corpus),
-                               "decoded_as": result.decoded_as})
+                               "decoded_as": result.decoded_as,
+                               "lost_inside_documents": result.lost_inside})
     log(f"ingest: {result.balances['documents'].n_out} documents → {result.chunks.num_rows} "
         f"chunks; skipped {len(result.skipped)} ({reasons})")
+    if result.lost_inside:
+        log("ingest: lost inside documents that were read: " + ", ".join(
+            f"{what} {kind['count']} in {kind['documents']} (e.g. {kind['examples'][0]})"
+            for what, kind in result.lost_inside.items()))
     return manifest

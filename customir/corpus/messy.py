@@ -11,15 +11,20 @@ from pathlib import Path
 __all__ = ["pdf_bytes", "write_categories"]
 
 
-def pdf_bytes(text: str | None) -> bytes:
-    """A minimal one-page PDF, with ``text`` in Helvetica or with no text at all (a scan)."""
+def pdf_bytes(text: str | None, unreadable_page: bool = False) -> bytes:
+    """A minimal one-page PDF, with ``text`` in Helvetica or with no text at all (a scan); with
+    ``unreadable_page``, a second page whose content stream cannot be decoded."""
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
+    page = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>")
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               page % 4,
                b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    if unreadable_page:
+        objects[1] = b"<< /Type /Pages /Kids [3 0 R 6 0 R] /Count 2 >>"
+        objects += [page % 7, b"<< /Length 5 /Filter /LZWDecode >>\nstream\nxxxxx\nendstream"]
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))
