@@ -81,6 +81,9 @@ def test_bad_override():
     ("serve.max_body_bytes=-1", "serve.max_body_bytes"),
     ("serve.port=99999999", "serve.port"),
     ("serve.min_replicas=3", "min_replicas .3. is above max_replicas"),
+    # -1 would send every chunk but one to the LLM
+    ("generate.max_llm_chunks=-1", "max_llm_chunks"),
+    ("generate.profile_sample=-1", "profile_sample"),
 ])
 def test_bad_override_values_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):

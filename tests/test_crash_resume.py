@@ -30,6 +30,7 @@ from customir.export import onnx
 from customir.manifest import MANIFEST, Manifest, find_complete, fingerprint
 from customir.models import resolve_base_model
 from customir.negatives import mine
+from customir.negatives.index import index_dir
 from customir.queries import generate
 from customir.schemas import (CANDIDATES, DATA_DIR, QUERIES, SKIPPED_FILE, SchemaError,
                               read_table)
@@ -314,7 +315,8 @@ def test_generate_killed_while_the_llm_answers_reruns_to_the_same_queries(refere
     assert 0 < len(list(killed.marks.iterdir())) < requests / GENERATE.batch_size  # mid-way
     assert not (run / "queries").exists()
     assert _leftovers(run, "queries") == []  # it had not begun to write
-    assert (run / "indexes" / "bm25s" / MANIFEST).is_file()  # finished before: the rerun reuses
+    # the index finished before: the rerun reuses it
+    assert (index_dir(run, MineConfig(backend=GENERATE.related_by)) / MANIFEST).is_file()
     inputs = {"chunks": fingerprint(run / "chunks")}
     assert find_complete(run / "queries", GENERATE.config_hash(), inputs) is None
     with pytest.raises(SchemaError, match="does not exist"):

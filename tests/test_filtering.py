@@ -1,4 +1,4 @@
-from customir.queries.filtering import choose_llm_chunks, query_id, reject_reason
+from customir.queries.filtering import choose_llm_chunks, query_id, reject_reason, word_count
 from customir.queries.signals import first_chunks_under_headings, structural_queries
 
 PASSAGE = "Metformin lowers blood glucose in adults with type 2 diabetes."
@@ -38,3 +38,22 @@ def test_llm_sample_is_deterministic_and_grows_monotonically():
 def test_query_ids_are_stable():
     assert query_id("keyword", "q", "c#0") == query_id("keyword", "q", "c#0")
     assert query_id("keyword", "q", "c#0") != query_id("question", "q", "c#0")
+
+
+def test_an_empty_query_is_always_rejected():
+    # an e-mail whose subject is only "Re:" gives an empty subject query; no word minimum
+    # (min_structural_words=0) may let it through
+    assert structural_queries({"title": "Re:", "chunk_index": 0, "source": "m.eml"}, False) == \
+        [("subject", "")]
+    assert reject_reason("", PASSAGE, 0, 40) == "empty"
+    assert reject_reason("  \n", PASSAGE, 0, 40) == "empty"
+
+
+def test_words_of_scripts_without_spaces_are_counted_per_character():
+    assert word_count("does metformin lower glucose") == 4
+    assert word_count("二甲双胍降低血糖吗") == 9  # Chinese: one word per ideograph
+    assert word_count("メトホルミン 2型糖尿病") == 6 + 1 + 4  # kana, a digit run, ideographs
+    assert word_count("  ") == 0
+    chinese = "二甲双胍能降低成人的血糖吗"
+    assert reject_reason(chinese, "二甲双胍可降低2型糖尿病成人的血糖。", 2, 40) is None
+    assert reject_reason("二甲双胍" * 11, PASSAGE, 2, 40) == "too_long"

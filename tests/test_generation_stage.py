@@ -153,3 +153,30 @@ def test_email_subjects_inverse_cloze_and_the_profile(tmp_path, ray_cluster):
     assert profile["method"] == "terms" and "insulin" in profile["top_terms"]
     assert "e-mails (1)" in profile["document_kinds"]
     assert manifest.extra["profile"] == profile
+
+
+def _down_llm() -> LLMConfig:
+    from conftest import free_port
+
+    return LLMConfig(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
+                     model="m", max_retries=0, timeout_s=5)
+
+
+def test_an_llm_that_answers_nothing_fails_and_writes_nothing(run_dir):
+    """A run whose endpoint is down must not publish structural queries only: a rerun would
+    take it for finished and never ask the LLM again."""
+    with pytest.raises(ValueError, match=r"generate: the LLM answered none of the \d+ queries "
+                                         r"it was asked for .*first error: .*Connect"):
+        generate.run(run_dir / "chunks", run_dir, GenerateConfig(
+            llm=_down_llm(), kinds=["keyword"], multihop=0.0, max_llm_chunks=2))
+    assert not (run_dir / "queries").exists()
+
+
+def test_a_judge_that_grades_nothing_fails(run_dir):
+    chunks = generate.Chunks(read_table(run_dir / "chunks", CHUNKS))
+    query = generate.Candidate("keyword", "aspirin heart attack", "llm:scripted",
+                               [chunks.row["d1#0"]])
+    with pytest.raises(ValueError, match=r"generate: the LLM judge graded none of the 1 "
+                                         r"queries .*first error: .*Connect"):
+        generate.filter_by_judge([query], chunks, GenerateConfig(llm=_down_llm(),
+                                                                 judge_min_score=7))

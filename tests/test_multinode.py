@@ -21,6 +21,7 @@ import pytest
 from customir.config import GenerateConfig, IngestConfig, LLMConfig, MineConfig
 from customir.corpus import ingest
 from customir.negatives import mine
+from customir.negatives.index import index_dir
 from customir.queries import generate
 from customir.manifest import Manifest
 from customir.schemas import CANDIDATES, QUERIES, read_table
@@ -166,7 +167,7 @@ def test_generation_and_mining_sharded_over_nodes_touch_every_chunk_once(referen
         reference / "candidates", CANDIDATES, "query_id")
     # the miners (on the worker nodes) opened a node-local copy of the index, not the driver's
     # folder: unpacked once (both nodes share this machine's cache folder), byte for byte
-    driver_index = run / "indexes" / MINE.backend.value
+    driver_index = index_dir(run, MINE)
     [copy] = [Path(p) for p in seen["index_paths"]]
     assert copy.parent == tmp_path / "cache" / "node-files"
     assert _files(copy) == _files(driver_index) != {}

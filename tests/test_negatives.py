@@ -236,3 +236,23 @@ def test_verify_with_another_runs_chunks_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"1 chunk ids of the candidates are not in .*'b#4'"):
         verify.run(candidates, chunks, tmp_path / "run", VerifyConfig())
     assert not (tmp_path / "run" / "triples").exists()
+
+
+def test_stages_with_other_index_settings_keep_their_own_index(tmp_path):
+    """generate's default bm25s index and mine's tuned one live side by side: neither stage
+    rebuilds and replaces the other's on every rerun."""
+    from customir.manifest import Manifest
+    from customir.negatives.index import ensure_index
+    from customir.schemas import CHUNKS
+
+    from conftest import ONE_CHUNK, write_stage
+
+    chunks = write_stage(tmp_path / "chunks", CHUNKS, [ONE_CHUNK])
+    default, tuned = MineConfig(), MineConfig(k1=1.2)
+    first = ensure_index(chunks, tmp_path, default)
+    built = Manifest.read(first).finished_at
+    second = ensure_index(chunks, tmp_path, tuned)
+    assert first != second and first.parent == second.parent == tmp_path / "indexes"
+    assert first.name.startswith("bm25s-") and second.name.startswith("bm25s-")
+    assert ensure_index(chunks, tmp_path, default) == first
+    assert Manifest.read(first).finished_at == built  # reused, not rebuilt

@@ -1,9 +1,10 @@
 """The candidate index: one interface over bm25s, pyserini (Lucene), dense and hybrid rankers.
 
-The index is built once per chunks/ folder and mining configuration, saved under
-``<run>/indexes/<backend>/`` with a manifest (so a rerun reuses it), and opened by every mining
-worker from that shared path — on a cluster the run folder is shared storage, so each Ray actor
-loads (bm25s and dense memory-map) the same files instead of rebuilding the index.
+The index is built once per chunks/ folder and index settings, saved under
+``<run>/indexes/<backend>-<hash>/`` (:func:`index_dir`) with a manifest (so a rerun reuses it),
+and opened by every mining worker from that shared path — on a cluster the run folder is shared
+storage, so each Ray actor loads (bm25s and dense memory-map) the same files instead of
+rebuilding the index.
 
 Every backend addresses chunks by row number in ``chunks/`` and offers:
 
@@ -94,10 +95,21 @@ def open_index(directory: str | Path, config: MineConfig) -> ChunkIndex:
     return HybridIndex(BM25Index.load(directory / "bm25s"), dense, config.rrf_k)
 
 
+def index_dir(run_dir: str | Path, config: MineConfig) -> Path:
+    """``<run>/indexes/<backend>-<hash>``: one folder per backend and index settings, so
+    generate's default index (multi-hop neighbours, round-trip checks) and a mine stage with
+    other settings each keep their own instead of rebuilding over each other on every rerun.
+
+    >>> index_dir("/run", MineConfig()).name == "bm25s-" + index_hash(MineConfig())[:8]
+    True
+    """
+    return Path(run_dir) / "indexes" / f"{config.backend.value}-{index_hash(config)[:8]}"
+
+
 def ensure_index(chunks_dir: str | Path, run_dir: str | Path, config: MineConfig) -> Path:
     """The index folder for these chunks and settings, built now unless already there."""
     chunks_dir = Path(chunks_dir).resolve()
-    out = Path(run_dir).resolve() / "indexes" / config.backend.value
+    out = index_dir(Path(run_dir).resolve(), config)
     inputs = {"chunks": fingerprint(chunks_dir)}
     if find_complete(out, index_hash(config), inputs):
         log(f"index: reusing the {config.backend.value} index in {out}")

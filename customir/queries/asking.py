@@ -115,3 +115,14 @@ def ask_with_retries(asks: list[Ask], llm: LLMConfig, *, max_attempts: int,
             next_pending[rid] = pending[rid]
         pending = next_pending
     return answers
+
+
+def first_error_when_nothing_answered(answers: Answers) -> str | None:
+    """The first error (one line) when asks were made, none was answered and every failure of
+    every round was ``llm_error`` — the endpoint is down, the model unknown, the key wrong —,
+    else None. Replies that came back unusable (``not_json``...) mean the LLM is there.
+    """
+    if answers.values or set(answers.usage["rejected"]) != {"llm_error"}:
+        return None
+    detail = next(d for reason, d in answers.failures.values() if reason == "llm_error")
+    return " ".join(detail.split())

@@ -13,10 +13,22 @@ import re
 import numpy as np
 
 _WORD = re.compile(r"\w+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK ideographs
+_COUNTED_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 
 
 def query_id(kind: str, query: str, chunk_id: str) -> str:
     return hashlib.sha1(f"{kind}\x1f{query}\x1f{chunk_id}".encode()).hexdigest()[:16]
+
+
+def word_ngrams(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    """The lower-cased word n-grams of ``text``.
+
+    >>> sorted(word_ngrams("Aspirin thins the blood", 3))
+    [('aspirin', 'thins', 'the'), ('thins', 'the', 'blood')]
+    """
+    words = [w.lower() for w in _WORD.findall(text)]
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
 def copy_share(query: str, passage: str, n: int = 3) -> float:
@@ -27,13 +39,23 @@ def copy_share(query: str, passage: str, n: int = 3) -> float:
     >>> copy_share("does aspirin thin blood", "Aspirin thins the blood.")
     0.0
     """
-    words = [w.lower() for w in _WORD.findall(query)]
-    grams = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    grams = word_ngrams(query, n)
     if not grams:
         return 0.0
-    text = [w.lower() for w in _WORD.findall(passage)]
-    seen = {tuple(text[i:i + n]) for i in range(len(text) - n + 1)}
-    return len(grams & seen) / len(grams)
+    return len(grams & word_ngrams(passage, n)) / len(grams)
+
+
+def word_count(text: str) -> int:
+    """Words of ``text`` for the query length limits: whitespace-separated words, except that
+    each CJK ideograph or kana counts as one (Chinese and Japanese put no spaces between words,
+    so ``str.split`` would count a whole question as one word).
+
+    >>> word_count("does aspirin thin blood"), word_count("阿司匹林降低血压吗")
+    (4, 9)
+    >>> word_count("低剂量 aspirin")
+    4
+    """
+    return len(_COUNTED_WORD.findall(text))
 
 
 def reject_reason(query: str, passage: str, min_words: int, max_words: int,
@@ -47,14 +69,16 @@ def reject_reason(query: str, passage: str, min_words: int, max_words: int,
     >>> reject_reason("does aspirin thin blood", "Aspirin thins blood.", 2, 40) is None
     True
     """
-    words = query.split()
-    if len(words) < min_words:
+    if not query.strip():  # whatever the word minimum (an e-mail subject that was only "Re:")
+        return "empty"
+    words = word_count(query)
+    if words < min_words:
         return "too_short"
-    if len(words) > max_words:
+    if words > max_words:
         return "too_long"
     # A query that is (nearly) a verbatim span of the passage teaches string matching, not
     # meaning: most of its word trigrams are in the passage.
-    if len(words) >= 5 and copy_share(query, passage) >= max_copy_overlap:
+    if words >= 5 and copy_share(query, passage) >= max_copy_overlap:
         return "copied_from_passage"
     if "passage" in query.lower() and "passage" not in passage.lower():
         return "mentions_the_passage"

@@ -7,7 +7,9 @@
 3. **LLM queries** for the chunks chosen for the LLM (``max_llm_chunks``): each is asked for the
    kinds drawn for it (``kinds`` shares); a ``multihop`` share anchors a question over 1-2
    related chunks of other documents. Invalid parts of replies are re-asked
-   (:mod:`customir.queries.asking`), then counted by reason — balance ``llm_queries``.
+   (:mod:`customir.queries.asking`), then counted by reason — balance ``llm_queries``. An LLM
+   that answers nothing but errors (endpoint down, unknown model, wrong key) — here or as the
+   judge — stops the stage before anything is written.
 4. **Filters** over all candidates, in this order — balance ``queries``: length, copies of the
    passage, "the passage", exact and near duplicates (base-model cosine), round-trip
    consistency (an LLM query must find one of its chunks in the ranker's top k; Promptagator),
@@ -32,7 +34,8 @@ import pyarrow as pa
 from customir.config import GenerateConfig, LLMBackend, MineConfig, ProfileMode, RayConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.queries import prompts
-from customir.queries.asking import Answers, Ask, ask_with_retries
+from customir.queries.asking import (Answers, Ask, ask_with_retries,
+                                     first_error_when_nothing_answered)
 from customir.queries.filtering import (chosen, choose_llm_chunks, near_duplicates, query_id,
                                         reject_reason)
 from customir.queries.profile import corpus_profile
@@ -132,8 +135,18 @@ def _ask(asks: list[Ask], config: GenerateConfig) -> Answers:
                             batch_size=config.batch_size, num_workers=config.num_workers)
 
 
+def require_an_answer(answers: Answers, failed: str) -> None:
+    """Stop the stage (nothing written) when the LLM answered none of ``answers``' asks, only
+    with errors: published, such a run would be reused by every rerun and never ask again.
+    ``failed`` says what went unanswered, with ``{n}`` for the number of keys asked."""
+    if (error := first_error_when_nothing_answered(answers)) is not None:
+        raise ValueError(f"generate: {failed.format(n=len(answers.failures))} (first error: "
+                         f"{error}); fix generate.llm and rerun (nothing was written)")
+
+
 def _index(chunks_dir: Path, run_dir: Path, backend, cache: dict | None = None):
-    """The chunk index of ``backend`` (shared with the mine stage), opened once per run."""
+    """The chunk index of ``backend`` with the default index settings (the mine stage's too
+    when it keeps them; other settings get a folder of their own), opened once per run."""
     from customir.negatives.index import ensure_index, open_index
 
     cache = {} if cache is None else cache
@@ -253,6 +266,7 @@ def filter_by_judge(candidates: list[Candidate], chunks: Chunks,
                 lambda key, value: prompts.validate_score(value), 16)
             for i, c in enumerate(checked)]
     answers = _ask(asks, config)
+    require_an_answer(answers, "the LLM judge graded none of the {n} queries it was asked about")
     for i, c in enumerate(checked):
         score = answers.values.get((f"j:{i}", "score"))
         if score is None:
@@ -367,6 +381,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
         asks = query_asks(chunks, config, profile, llm_rows, groups)
         answers = _ask(asks, config) if asks else None
         if answers:
+            require_an_answer(answers, "the LLM answered none of the {n} queries it was asked for")
             candidates += llm_candidates(answers, chunks, groups, origin)
         filter_each(candidates, chunks, config)
         filter_near_duplicates(candidates, config)
