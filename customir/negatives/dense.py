@@ -96,6 +96,13 @@ class DenseIndex:
         chunks = np.asarray(self.embeddings[np.asarray(rows, dtype=np.int64)])
         return np.einsum("ij,ij->i", vectors, chunks).astype(np.float32)
 
+    def score_texts(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        """Cosine of ``queries[i]`` with ``texts[i]``, a text that is not in the index (an
+        inverse-cloze positive: its chunk without the query sentence). Queries and chunks are
+        encoded alike (no prompt), so the text is encoded as a chunk would be."""
+        vectors, passages = self.encode_queries(queries), self.encode_queries(texts)
+        return np.einsum("ij,ij->i", vectors, passages).astype(np.float32)
+
     def score_rows(self, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Cosine of each query vector with each of its rows (n × m; -1 rows score -inf)."""
         safe = np.where(rows < 0, 0, rows)

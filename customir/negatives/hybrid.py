@@ -58,3 +58,6 @@ class HybridIndex:
 
     def score(self, queries: list[str], rows: list[int]) -> np.ndarray:
         return self.dense.score(queries, rows)
+
+    def score_texts(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        return self.dense.score_texts(queries, texts)

@@ -25,8 +25,14 @@ class Selection:
     n_over_margin: int
 
 
-def margin_limit(positive_score: float, config: MineConfig) -> float:
-    """The highest score a negative may have, given the weakest positive's score.
+def has_margin(config: MineConfig) -> bool:
+    """Whether selection compares candidates with the positive's score at all."""
+    return config.relative_margin is not None or config.absolute_margin is not None
+
+
+def margin_limit(positive_score: float | None, config: MineConfig) -> float:
+    """The highest score a negative may have, given the weakest positive's score (which may be
+    None, not known, only without a margin).
 
     >>> margin_limit(10.0, MineConfig(relative_margin=0.95, absolute_margin=1.0))
     9.0
@@ -42,12 +48,14 @@ def margin_limit(positive_score: float, config: MineConfig) -> float:
 
 
 def select_under_margin(ranked: list[tuple[str, str, float]], positive_ids: set[str],
-                        positive_doc_ids: set[str], positive_score: float,
+                        positive_doc_ids: set[str], positive_score: float | None,
                         config: MineConfig, sample_key: str = "") -> Selection:
     """Pick negatives from ``ranked`` = [(chunk_id, doc_id, score)], best first.
 
     ``positive_score`` is the weakest positive's score; ``sample_key`` (the query id) seeds
-    random sampling so a rerun picks the same negatives.
+    random sampling so a rerun picks the same negatives. ``n_over_margin`` counts every
+    candidate over the margin (of the window when sampling), also those ranked after the
+    kept ones: hybrid candidates come in fusion order, not by score.
 
     >>> ranked = [("p", "d1", 9.0), ("a", "d2", 8.9), ("b", "d3", 5.0), ("c", "d1", 4.0),
     ...           ("e", "d4", 3.0), ("z", "d5", 0.0)]
@@ -72,10 +80,8 @@ def select_under_margin(ranked: list[tuple[str, str, float]], positive_ids: set[
             continue
         if score > limit:
             n_over += 1
-            continue
-        eligible.append((chunk_id, float(score)))
-        if config.sampling == Sampling.top and len(eligible) >= config.num_negatives:
-            break
+        elif config.sampling == Sampling.random or len(eligible) < config.num_negatives:
+            eligible.append((chunk_id, float(score)))
     if config.sampling == Sampling.random and len(eligible) > config.num_negatives:
         seed = hashlib.sha1(f"{config.seed}:{sample_key}".encode()).hexdigest()
         picked = set(random.Random(seed).sample(range(len(eligible)), config.num_negatives))

@@ -9,22 +9,29 @@ relative to the positive, which calibrates them per query and per method. How we
 separates true passages from BM25 near-misses is measured by ``benchmarks/verifier.py`` (figures
 in ``VerifyMethod``'s docstring and the README): with a 1.5B model, barely above chance.
 
+A query is verified as a whole: a multi-hop question has one row per supporting chunk, all
+with the same query text (and mining took its margin from the weakest of them), so the rows of
+one query text are grouped into one input row of the UDF (:func:`group_by_query`; no Ray Data
+batch splits them), each of its positives and distinct candidates is scored once, every
+candidate is judged against the *lowest* positive score, and all its rows get the same verdicts
+(``positive_llm_score`` is that lowest score). ``max_queries`` counts query texts.
+
 A pair the LLM could not score (the backend's retries exhausted, a reply without
 log-probabilities) is no reason to fail the stage or drop the query: the candidate's verdict is
-``llm_error`` (all of a query's candidates when its positive could not be scored, since
-verdicts are relative to it), and like an unverified candidate it stays a negative only with
+``llm_error`` (all of a query's candidates when one of its positives could not be scored,
+since verdicts are relative to them), and like an unverified candidate it stays a negative only with
 ``keep_unverified``. ``extra.llm_errors`` counts the failed pairs by error type and
 ``extra.llm_requests`` the backend's requests, HTTP attempts, retries and failures.
 
-Balances: ``queries`` (in = out) and ``candidates`` (in = kept as negatives + false_negative +
-unverified_dropped + llm_error_dropped).
+Balances: ``queries`` (rows: in = out) and ``candidates`` (in = kept as negatives +
+false_negative + unverified_dropped + llm_error_dropped).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,11 +64,41 @@ def judge_candidates(positive_score: float, candidate_scores: list[float],
     return [FALSE_NEGATIVE if s >= positive_score - margin else KEPT for s in candidate_scores]
 
 
-def choose_queries_to_verify(query_ids: list[str], limit: int | None, seed: int = 13) -> set[str]:
-    if limit is None or limit >= len(query_ids):
-        return set(query_ids)
-    return set(sorted(query_ids, key=lambda q: hashlib.sha1(f"{seed}:{q}".encode()).hexdigest())
+def choose_queries_to_verify(queries: list[str], limit: int | None, seed: int = 13) -> set[str]:
+    if limit is None or limit >= len(queries):
+        return set(queries)
+    return set(sorted(queries, key=lambda q: hashlib.sha1(f"{seed}:{q}".encode()).hexdigest())
                [:limit])
+
+
+def queries_to_verify(candidates: pa.Table, config: VerifyConfig) -> set[str]:
+    """The query texts whose candidates the LLM checks: at most ``max_queries`` of those with a
+    candidate (a multi-hop question counts once), none when verification is off."""
+    if not config.enabled:
+        return set()
+    pairs = zip(candidates["query"].to_pylist(), candidates["candidate_chunk_ids"].to_pylist())
+    with_candidates = dict.fromkeys(query for query, found in pairs if found)
+    return choose_queries_to_verify(list(with_candidates), config.max_queries)
+
+
+def group_by_query(candidates: pa.Table) -> pa.Table:
+    """The verifier's input: one row per query text (in order of first appearance), holding its
+    candidate rows (in input order) as a list in ``rows``.
+
+    >>> table = pa.table({"query": ["q", "r", "q"], "chunk_id": ["a", "b", "c"]})
+    >>> [[row["chunk_id"] for row in rows] for rows in group_by_query(table)["rows"].to_pylist()]
+    [['a', 'c'], ['b']]
+    """
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, query in enumerate(candidates["query"].to_pylist()):
+        members[query].append(i)
+    order = [i for rows in members.values() for i in rows]
+    offsets = [0]
+    for rows in members.values():
+        offsets.append(offsets[-1] + len(rows))
+    rows = candidates.take(pa.array(order, pa.int64())).to_struct_array().combine_chunks()
+    return pa.table({"query": pa.array(list(members), pa.string()),
+                     "rows": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), rows)})
 
 
 def score_pair(llm, method: VerifyMethod, query: str, passage: str) -> float:
@@ -75,11 +112,13 @@ def score_pair(llm, method: VerifyMethod, query: str, passage: str) -> float:
 
 
 class NegativeVerifier:
-    """Ray Data UDF: candidate rows in, rows with LLM scores and verdicts out."""
+    """Ray Data UDF: candidate rows grouped by query text (:func:`group_by_query`) in, the
+    rows with LLM scores and verdicts out."""
 
     def __init__(self, chunks, config: VerifyConfig, to_verify: set[str]):
         """``chunks`` (chunk_id, text): a table or an object reference to one (on a cluster
-        the actor gets it through Ray, not from the driver's disk)."""
+        the actor gets it through Ray, not from the driver's disk); ``to_verify``: the query
+        texts to check (:func:`queries_to_verify`)."""
         from customir.llm.protocol import load_llm
 
         chunks = resolve(chunks).select(["chunk_id", "text"]).to_pydict()
@@ -97,46 +136,74 @@ class NegativeVerifier:
             errors.append(describe_error(exc))
             return None
 
-    def _verify(self, row: dict) -> dict:
+    def _unverified(self, row: dict) -> dict:
         candidates = row["candidate_chunk_ids"]
-        if row["query_id"] not in self.to_verify or not candidates:
-            verdicts = [UNVERIFIED] * len(candidates)
-            negatives = list(candidates) if self.config.keep_unverified else []
-            return {"positive_llm_score": None, "candidate_llm_scores": [None] * len(candidates),
-                    "candidate_verdicts": verdicts, "negative_chunk_ids": negatives}
-        errors: list[str] = []
-        positive = self._score(row["query"], row.get("positive_text") or
-                               self.text[row["chunk_id"]], errors)
-        scores = ([self._score(row["query"], self.text[cid], errors) for cid in candidates]
-                  if positive is not None else [None] * len(candidates))
+        return {"positive_llm_score": None, "candidate_llm_scores": [None] * len(candidates),
+                "candidate_verdicts": [UNVERIFIED] * len(candidates),
+                "negative_chunk_ids": list(candidates) if self.config.keep_unverified else []}
+
+    def _score_query(self, rows: list[dict], errors: list[str]
+                     ) -> tuple[float | None, dict[str, float | None]]:
+        """The lowest score of the query's positives, and each distinct candidate's score
+        (None: not scorable); every pair is asked once. No candidate is asked when a positive
+        could not be scored: verdicts are relative to the positives."""
+        query = rows[0]["query"]
+        positives = dict.fromkeys(r["positive_text"] or self.text[r["chunk_id"]] for r in rows)
+        positive_scores = [self._score(query, passage, errors) for passage in positives]
+        if None in positive_scores:
+            return None, {}
+        candidates = dict.fromkeys(c for r in rows for c in r["candidate_chunk_ids"])
+        return min(positive_scores), {c: self._score(query, self.text[c], errors)
+                                      for c in candidates}
+
+    def _judge(self, row: dict, lowest: float | None, scores: dict[str, float | None]) -> dict:
+        """One row's verdicts from its query's scores."""
+        candidates = row["candidate_chunk_ids"]
+        llm_scores = [scores.get(c) for c in candidates]
         margin = self.config.false_negative_margin
-        verdicts = [LLM_ERROR if s is None else judge_candidates(positive, [s], margin)[0]
-                    for s in scores]
+        verdicts = [LLM_ERROR if s is None else judge_candidates(lowest, [s], margin)[0]
+                    for s in llm_scores]
         keep = {KEPT, LLM_ERROR} if self.config.keep_unverified else {KEPT}
-        return {"positive_llm_score": positive, "candidate_llm_scores": scores,
-                "candidate_verdicts": verdicts, "llm_errors": errors,
+        return {"positive_llm_score": lowest, "candidate_llm_scores": llm_scores,
+                "candidate_verdicts": verdicts,
                 "negative_chunk_ids": [c for c, v in zip(candidates, verdicts) if v in keep]}
 
-    def _verify_counted(self, row: dict) -> dict:
-        """:meth:`_verify` plus the LLM requests it took (from backends that count them)."""
+    def _verify(self, rows: list[dict]) -> tuple[list[dict], list[str]]:
+        """The rows of one query text (a multi-hop question: one per supporting chunk), judged
+        together; and the errors of the pairs the LLM could not score."""
+        if rows[0]["query"] not in self.to_verify or not any(r["candidate_chunk_ids"]
+                                                             for r in rows):
+            return [self._unverified(row) for row in rows], []
+        errors: list[str] = []
+        lowest, scores = self._score_query(rows, errors)
+        return [self._judge(row, lowest, scores) for row in rows], errors
+
+    def _verify_counted(self, rows: list[dict]) -> list[dict]:
+        """:meth:`_verify` plus the LLM requests it took (from backends that count them) and
+        its errors, on the query's first row only, so that the stage's sums count each once."""
         take = getattr(self.llm, "take_request_counts", None)
         if take:
-            take()  # start this row's count from zero
-        out = {**row, **self._verify(row), "skip_reason": None, "skip_detail": None}
+            take()  # start this query's count from zero
+        results, errors = self._verify(rows)
+        usage = {"llm_errors": errors}
         if take:
             counts = take()
-            out.update(llm_requests=counts.requests, llm_attempts=counts.attempts,
-                       llm_failed=counts.failed)
-        return out
+            usage.update(llm_requests=counts.requests, llm_attempts=counts.attempts,
+                         llm_failed=counts.failed)
+        rest = {key: [] if key == "llm_errors" else 0 for key in usage}
+        return [{**row, **result, **(rest if i else usage), "skip_reason": None,
+                 "skip_detail": None} for i, (row, result) in enumerate(zip(rows, results))]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        if self.threads > 1 and len(rows) > 1:  # over HTTP, rows wait on the network together
-            with ThreadPoolExecutor(min(self.threads, len(rows))) as pool:
-                out = list(pool.map(self._verify_counted, rows))
+        """``batch``: rows of :func:`group_by_query` (one per query text); out: their candidate
+        rows, each once, with scores and verdicts."""
+        queries = batch.column("rows").to_pylist()
+        if self.threads > 1 and len(queries) > 1:  # over HTTP, queries wait on the network
+            with ThreadPoolExecutor(min(self.threads, len(queries))) as pool:
+                out = list(pool.map(self._verify_counted, queries))
         else:
-            out = [self._verify_counted(row) for row in rows]
-        return pa.Table.from_pylist(out, schema=OUTPUT)
+            out = [self._verify_counted(rows) for rows in queries]
+        return pa.Table.from_pylist([row for rows in out for row in rows], schema=OUTPUT)
 
 
 def sum_llm_counts(rows: pa.Table) -> tuple[dict[str, int], dict | None]:
@@ -177,19 +244,17 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         return done
     started = time.monotonic()  # the manifest records the stage's whole wall time
     candidates = read_table(candidates_dir, CANDIDATES)
-    with_candidates = [q for q, c in zip(candidates["query_id"].to_pylist(),
-                                         candidates["candidate_chunk_ids"].to_pylist()) if c]
-    to_verify = (choose_queries_to_verify(with_candidates, config.max_queries)
-                 if config.enabled else set())
-    log(f"verify: {len(to_verify)} of {candidates.num_rows} queries get LLM checks "
-        f"({config.llm.model})")
+    queries = group_by_query(candidates)
+    to_verify = queries_to_verify(candidates, config)
+    log(f"verify: {len(to_verify)} of {queries.num_rows} queries ({candidates.num_rows} rows) "
+        f"get LLM checks ({config.llm.model})")
     chunk_table = read_table(chunks_dir, CHUNKS).select(["chunk_id", "text"])
     _check_same_run(candidates, chunk_table, chunks_dir)
     with ray_session(ray_config):
         import ray
 
         chunks = ray.put(chunk_table)
-        rows = map_table(candidates, NegativeVerifier,
+        rows = map_table(queries, NegativeVerifier,
                          constructor_kwargs={"chunks": chunks, "config": config,
                                              "to_verify": to_verify},
                          batch_size=config.batch_size, num_gpus=llm_gpus(config.llm),
