@@ -78,15 +78,19 @@ def test_validation_keeps_the_best_model_and_writes_curves(triples, tmp_path):
     assert evals[metrics["best_step"]] == max(evals.values())
     assert (out / "curves.png").stat().st_size > 1000
     # the saved model is the best one: it scores the best nDCG@10 on the validation rows
+    assert _validation_ndcg(out) == pytest.approx(max(evals.values()), abs=1e-4)
+
+
+def _validation_ndcg(train_dir):
+    """nDCG@10 of the published model on the stage's validation rows."""
     import pyarrow.parquet as pq
 
     from customir.models import load_sentence_transformer
 
-    rows = pq.read_table(out / "validation_rows.parquet").to_pylist()
-    model = load_sentence_transformer(out / trainer.MODEL_DIR)
+    rows = pq.read_table(train_dir / "validation_rows.parquet").to_pylist()
+    model = load_sentence_transformer(train_dir / trainer.MODEL_DIR)
     model.max_seq_length = SMALL["max_seq_length"]
-    scores = trainer.validation_evaluator(rows, 8)(model)
-    assert scores["validation_cosine_ndcg@10"] == pytest.approx(max(evals.values()), abs=1e-4)
+    return trainer.validation_evaluator(rows, 8)(model)["validation_cosine_ndcg@10"]
 
 
 def test_early_stopping_ends_a_run_that_gets_worse(triples, tmp_path):
@@ -189,6 +193,18 @@ def _train_worker_pids() -> set[int]:
     return pids
 
 
+def _past_the_best(location) -> bool:
+    """Whether the newest registered checkpoint comes after the best validated one."""
+    newest = trainer.latest_checkpoint(location)
+    if not newest:
+        return False
+    try:
+        state = json.loads((Path(newest) / "trainer_state.json").read_text())
+    except (OSError, ValueError):  # Ray Train may prune it while it is read
+        return False
+    return (state.get("best_global_step") or state["global_step"]) < state["global_step"]
+
+
 @pytest.mark.parametrize("max_failures", [1, 0])
 def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_stage(
         triples, tmp_path, max_failures):
@@ -198,8 +214,10 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
     same call; with 0 the stage fails, and nothing is published."""
     import threading
 
-    settings = {**SMALL, "eval_steps": 3, "max_steps": 15, "patience": None,
-                "max_failures": max_failures}
+    # a learning rate this large makes validation get worse: the worker is killed once the
+    # newest checkpoint is past the best one, which the restarted worker must still publish
+    settings = {**SMALL, "eval_steps": 3, "max_steps": 30, "patience": None,
+                "max_failures": max_failures, "learning_rate": 5e-3, "warmup_ratio": 0.0}
     out = tmp_path / "run"
     before = _train_worker_pids()
     outcome = {}
@@ -219,7 +237,7 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
     thread.start()
     deadline = time.monotonic() + 300
     # a checkpoint Ray Train has registered (one it had not would be lost with the worker)
-    while not (trainer.latest_checkpoint(location) and _train_worker_pids() - before):
+    while not (_past_the_best(location) and _train_worker_pids() - before):
         assert thread.is_alive(), outcome
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)
@@ -233,9 +251,11 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
     if max_failures:
         assert "manifest" in outcome, repr(outcome.get("error"))[-3000:]
         metrics = outcome["manifest"].extra["metrics"]
-        assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 15
+        assert metrics["resumed_from_step"] > metrics["best_step"] and metrics["steps"] == 30
         assert (out / "train" / trainer.MODEL_DIR / "config.json").is_file()
         assert not scratch.exists()  # taken over by the restarted worker, removed at its end
+        assert _validation_ndcg(out / "train") == pytest.approx(
+            metrics["best_validation_ndcg@10"], abs=1e-4)
     else:
         assert "error" in outcome and not (out / "train").exists()
         shutil.rmtree(scratch)  # nothing restarted the worker: a rerun would remove it
@@ -270,6 +290,40 @@ def test_only_a_checkpoint_ray_train_registered_is_resumed_from(tmp_path):
         root / "checkpoint_2026-01-01_10-00-00.000001" / "checkpoint")
     (root / trainer.RAY_SNAPSHOT).write_text("{not json")
     assert trainer.latest_checkpoint(tmp_path) is None
+
+
+def _checkpoint(root, name, state, weights="w"):
+    folder = root / "train" / name / "checkpoint"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    (folder / "model.safetensors").write_text(weights)
+    return folder
+
+
+def test_a_resumed_run_gets_back_the_best_checkpoint_its_state_names(tmp_path):
+    """The state of the step-45 checkpoint names its best (step 30) by a folder in the killed
+    worker's scratch, which the restarted worker removed: the step-30 checkpoint Ray kept is
+    copied back, and the state the trainer resumes from names the copy."""
+    location, scratch = tmp_path / "ckpt", tmp_path / "scratch"
+    scratch.mkdir()
+    _checkpoint(location, "checkpoint_2026-01-01_10-00-00.000001", {"global_step": 30},
+                weights="best")
+    newest = _checkpoint(location, "checkpoint_2026-01-01_11-00-00.000001",
+                         {"global_step": 45, "best_global_step": 30,
+                          "best_model_checkpoint": "/tmp/gone/checkpoint-30"})
+    (location / "train" / trainer.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
+        {"checkpoint_dir_name": p} for p in ("checkpoint_2026-01-01_10-00-00.000001",
+                                              "checkpoint_2026-01-01_11-00-00.000001")]}))
+    resume = trainer.restore_best_checkpoint(str(newest), str(location), scratch)
+    state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    assert state["global_step"] == 45 and Path(resume).is_relative_to(scratch)
+    assert (Path(state["best_model_checkpoint"]) / "model.safetensors").read_text() == "best"
+    # the registered checkpoint itself is left as Ray wrote it
+    assert "/tmp/gone" in (newest / "trainer_state.json").read_text()
+    # a state without a best (no validation) resumes as it is
+    plain = _checkpoint(tmp_path / "other", "c", {"global_step": 5})
+    assert trainer.restore_best_checkpoint(str(plain), str(tmp_path / "other"), scratch) == str(
+        plain)
 
 
 def test_deepspeed_asked_for_but_missing_is_one_clear_error(tmp_path, monkeypatch):

@@ -84,8 +84,35 @@ def test_a_multihop_question_with_a_training_chunk_does_not_validate():
     rows, fills, unused = rows_per_split(triples, text, chunk_doc, split_of, 1, 0)
     assert [r["anchor"] for r in rows["train"]] == ["multi"]  # it trains on its train chunk
     assert [r["anchor"] for r in rows["validation"]] == ["valid"]
-    assert unused == {"validation_query_trained_on": 1, "validation_too_few_negatives": 0}
+    assert unused == {"validation_query_trained_on": 1, "validation_query_spans_test": 0,
+                      "validation_too_few_negatives": 0}
     assert fills == 1
+
+
+def test_a_question_over_validation_and_test_documents_is_counted_as_spanning_them():
+    split_of = {"a": "train", "b": "train", "v": "validation", "w": "validation", "t": "test"}
+    text, chunk_doc = _corpus(split_of)
+    triples = [{"query": "span", "chunk_id": "v#0", "negative_chunk_ids": []},
+               {"query": "span", "chunk_id": "t#0", "negative_chunk_ids": []},
+               {"query": "valid", "chunk_id": "w#1", "negative_chunk_ids": []},
+               {"query": "qa", "chunk_id": "a#0", "negative_chunk_ids": []}]
+    _, _, unused = rows_per_split(triples, text, chunk_doc, split_of, 1, 0)
+    assert unused == {"validation_query_trained_on": 0, "validation_query_spans_test": 1,
+                      "validation_too_few_negatives": 0}
+
+
+def test_random_fills_avoid_the_other_positives_and_dropped_candidates():
+    """A multi-hop question over a#0 and b#0 must not get b#0 (or a chunk of b) as a random
+    negative, and a candidate the LLM called a false negative (c#0) must not come back as one."""
+    docs = ("a", "b", "c", "d")
+    text, chunk_doc = _corpus({d: "train" for d in docs})
+    multihop = [{"query": "q", "chunk_id": c, "supporting_chunk_ids": ["a#0", "b#0"],
+                 "candidate_chunk_ids": ["c#0"], "negative_chunk_ids": []}
+                for c in ("a#0", "b#0")]
+    for seed in range(30):
+        rows, fills = build_training_rows(multihop, text, chunk_doc, set(docs), 1, seed)
+        assert fills == 2
+        assert {r["negative_1"] for r in rows} <= {"C#1", "D#0", "D#1"}, seed
 
 
 def test_one_validation_document_trains_without_validation_and_says_so():
@@ -97,8 +124,38 @@ def test_one_validation_document_trains_without_validation_and_says_so():
     rows, _, unused = rows_per_split(triples, text, chunk_doc, split_of, 1, 0)
     assert rows["train"] == [{"anchor": "qa", "positive": "A#0", "negative_1": "B#1"}]
     assert rows["validation"] == []
-    assert unused == {"validation_query_trained_on": 0, "validation_too_few_negatives": 2}
+    assert unused == {"validation_query_trained_on": 0, "validation_query_spans_test": 0,
+                      "validation_too_few_negatives": 2}
     # the train split has no such way out: it is one clear error
     with pytest.raises(ValueError, match="train split: cannot find 1 negatives .* lower "
                                          "train.hard_negatives"):
         rows_per_split(triples, text, chunk_doc, {**split_of, "b": "test"}, 1, 0)
+
+
+def _texts(rows, batch):
+    return [v for i in batch for v in rows[i].values()]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_each_step_of_n_workers_gathers_no_repeated_text(world_size):
+    """Rows i and i + 20 share a positive (a title query and an LLM query of one chunk): the N
+    batches of one step, gathered by the loss, must not hold a text twice."""
+    from datasets import Dataset
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    from customir.train.sampler import GatheredNoDuplicatesBatchSampler
+
+    rows = [{"anchor": f"q{i}", "positive": f"p{i % 20}"} for i in range(40)]
+    data = Dataset.from_list(rows)
+    sampler = GatheredNoDuplicatesBatchSampler(data, 4, True, world_size=world_size, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) > 0 and all(len(b) == 4 for b in batches)
+    steps = [sum(batches[i:i + world_size], []) for i in range(0, len(batches), world_size)]
+    for step in steps:
+        texts = _texts(rows, step)
+        assert len(texts) == len(set(texts)), step
+    # the library's sampler, whose batch i goes to worker i mod N, lets repeats meet
+    if world_size > 1:
+        plain = list(NoDuplicatesBatchSampler(data, 4, True, seed=1))
+        gathered = [sum(plain[i:i + world_size], []) for i in range(0, len(plain), world_size)]
+        assert any(len(set(_texts(rows, s))) < len(_texts(rows, s)) for s in gathered)

@@ -43,7 +43,9 @@ def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
 
     Negatives from other splits are never used. A query with fewer than ``hard_negatives``
     verified negatives is filled with random chunks of other allowed documents (the usual
-    fallback); the number of such fills is returned so the manifest can report it.
+    fallback), never from the document of any of its positives (a multi-hop question's other
+    chunks) and never a candidate the earlier stages dropped (a verified false negative); the
+    number of such fills is returned so the manifest can report it.
 
     >>> rows, fills = build_training_rows(
     ...     [{"query": "q", "chunk_id": "a#0", "negative_chunk_ids": ["b#0", "c#0"]}],
@@ -65,11 +67,12 @@ def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
                "positive": triple.get("positive_text") or chunk_text[positive]}
         negatives = [n for n in triple["negative_chunk_ids"]
                      if chunk_doc.get(n) in allowed_docs][:hard_negatives]
+        own_docs, dropped = fill_exclusions(triple, chunk_doc)
         for _ in range(20 * hard_negatives):  # bounded: a tiny pool may have no other document
             if len(negatives) >= hard_negatives or not pool:
                 break
             pick = rng.choice(pool)
-            if chunk_doc[pick] != doc and pick not in negatives:
+            if chunk_doc[pick] not in own_docs and pick not in dropped and pick not in negatives:
                 negatives.append(pick)
                 fills += 1
         if len(negatives) < hard_negatives:
@@ -80,6 +83,23 @@ def build_training_rows(triples: list[dict], chunk_text: dict[str, str],
             row[f"negative_{i}"] = chunk_text[negative]
         rows.append(row)
     return rows, fills
+
+
+def fill_exclusions(triple: dict, chunk_doc: dict[str, str]) -> tuple[set, set[str]]:
+    """What a random negative of ``triple`` must not be: a chunk of the document of any of the
+    query's positives, or a mined candidate that did not become a negative (the LLM judged it
+    a false negative, or it went unverified).
+
+    >>> docs, dropped = fill_exclusions(
+    ...     {"chunk_id": "a#0", "supporting_chunk_ids": ["a#0", "b#0"],
+    ...      "candidate_chunk_ids": ["c#0", "d#0"], "negative_chunk_ids": ["d#0"]},
+    ...     {"a#0": "a", "b#0": "b"})
+    >>> sorted(docs), dropped
+    (['a', 'b'], {'c#0'})
+    """
+    positives = {triple["chunk_id"], *(triple.get("supporting_chunk_ids") or ())}
+    dropped = set(triple.get("candidate_chunk_ids") or ()) - set(triple["negative_chunk_ids"])
+    return {chunk_doc.get(c) for c in positives}, dropped
 
 
 def queries_within(triples: list[dict], chunk_doc: dict[str, str],
@@ -101,7 +121,8 @@ def rows_per_split(triples: list[dict], chunk_text: dict[str, str], chunk_doc: d
                    ) -> tuple[dict[str, list[dict]], int, dict[str, int]]:
     """Training and validation rows, the random-negative fills of the training rows, and the
     validation queries left out, by reason: ``validation_query_trained_on`` (a multi-hop
-    question with a chunk in a training document) and ``validation_too_few_negatives`` (every
+    question with a chunk in a training document), ``validation_query_spans_test`` (one with a
+    chunk in a test document and none in training) and ``validation_too_few_negatives`` (every
     validation query, when the validation documents cannot give one its negatives: a small
     corpus then trains without validation rather than failing)."""
     allowed = {split: {d for d, s in split_of.items() if s == split}
@@ -118,8 +139,12 @@ def rows_per_split(triples: list[dict], chunk_text: dict[str, str], chunk_doc: d
                                             allowed["validation"], hard_negatives, seed)
     except TooFewNegatives:
         validation = []
-    in_validation = sum(chunk_doc[t["chunk_id"]] in allowed["validation"] for t in triples)
-    unused = {"validation_query_trained_on": in_validation - len(chosen),
+    kept = {t["query"] for t in chosen}
+    trained = {t["query"] for t in triples if chunk_doc[t["chunk_id"]] in allowed["train"]}
+    left_out = [t["query"] in trained for t in triples
+                if chunk_doc[t["chunk_id"]] in allowed["validation"] and t["query"] not in kept]
+    unused = {"validation_query_trained_on": sum(left_out),
+              "validation_query_spans_test": len(left_out) - sum(left_out),
               "validation_too_few_negatives": len(chosen) - len(validation)}
     return {"train": train, "validation": validation}, fills, unused
 

@@ -13,6 +13,7 @@ evaluation knows which documents are held out and a run can be audited.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import shutil
@@ -107,11 +108,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ray.train.huggingface.transformers import RayTrainReportCallback
     from sentence_transformers import (SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
-    from sentence_transformers.training_args import BatchSamplers
     from transformers import EarlyStoppingCallback
 
     from customir.models import load_sentence_transformer, offline_environment
     from customir.train.losses import make_loss, with_prefixes
+    from customir.train.sampler import GatheredNoDuplicatesBatchSampler
 
     offline_environment()
     torch.set_num_threads(loop_config["threads"])
@@ -151,8 +152,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed,
             max_steps=cfg.max_steps or -1, use_cpu=not cfg.use_gpu,
             bf16=cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            # Repeated texts in one batch would be false in-batch negatives.
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            # Repeated texts in the gathered batch of a step would be false in-batch negatives.
+            batch_sampler=functools.partial(GatheredNoDuplicatesBatchSampler,
+                                            world_size=context.get_world_size()),
             eval_strategy="steps" if evaluator else "no", eval_steps=loop_config["eval_steps"],
             save_strategy="steps", save_steps=loop_config["eval_steps"], save_total_limit=2,
             load_best_model_at_end=evaluator is not None,
@@ -172,6 +174,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         resume = resume_point(ray.train.get_checkpoint(), loop_config["checkpoints"],
                               Path(scratch))
         resumed_from = resumed_step(resume)  # read now: Ray prunes old checkpoints as it goes
+        resume = restore_best_checkpoint(resume, loop_config["checkpoints"], Path(scratch))
         training = time.time()
         output = trainer.train(resume_from_checkpoint=resume)
         trained = time.time()
@@ -180,6 +183,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "resumed_from_step": resumed_from,
                    "best_step": int(state.best_global_step or output.global_step),
                    "best_validation_ndcg@10": state.best_metric,
+                   # Ray keeps checkpoints by this score: the final (best) model ranks with them
+                   **({BEST_METRIC: state.best_metric} if evaluator else {}),
                    "stopped_early": output.global_step < state.max_steps, FINAL: True,
                    # wall-clock seconds since the epoch, so the driver can place them in time
                    "loop_started_at": started, "training_started_at": training,
@@ -251,27 +256,67 @@ def resumed_step(resume: str | None) -> int:
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
 
 
-def latest_checkpoint(location: str | Path) -> str | None:
-    """The newest Hugging Face checkpoint that a run reported into ``location`` (a local path or
-    a cloud URI) and Ray Train registered (listed in its checkpoint manager's snapshot): a
-    folder a worker was killed while writing is never resumed from. Ray Train names checkpoint
-    folders by time, so the last name is the newest."""
+def registered_checkpoints(location: str | Path) -> list[str]:
+    """The Hugging Face checkpoints that a run reported into ``location`` (a local path or a
+    cloud URI) and Ray Train registered (listed in its checkpoint manager's snapshot), oldest
+    first: a folder a worker was killed while writing is never used. Ray Train names checkpoint
+    folders by time, so names sort by age."""
     root = storage.join(location, "train")
     try:
         snapshot = json.loads(storage.read_text(storage.join(root, RAY_SNAPSHOT)))
         names = sorted(r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"])
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or not a format we know
-        return None
-    for name in reversed(names):
-        candidate = storage.join(root, name, "checkpoint")
-        if storage.exists(storage.join(candidate, "trainer_state.json")):
-            return candidate
-    return None
+        return []
+    folders = [storage.join(root, name, "checkpoint") for name in names]
+    return [f for f in folders if storage.exists(storage.join(f, "trainer_state.json"))]
+
+
+def latest_checkpoint(location: str | Path) -> str | None:
+    """The newest registered checkpoint in ``location`` (see ``registered_checkpoints``)."""
+    return next(reversed(registered_checkpoints(location)), None)
+
+
+def restore_best_checkpoint(resume: str | None, location: str, scratch: Path) -> str | None:
+    """The folder to resume from, with the best checkpoint its state names put back.
+
+    A Hugging Face state names its best checkpoint by a folder in the scratch of the worker
+    that saved it, which a restarted worker has removed: the trainer would drop it and end on
+    the last step's model instead of the best validated one. The registered checkpoint of the
+    best step is copied to ``scratch/checkpoint-<step>``, and the trainer resumes from a copy of
+    the state that names it there."""
+    if not resume:
+        return resume
+    state = json.loads(storage.read_text(storage.join(resume, "trainer_state.json")))
+    step = state.get("best_global_step")
+    if not state.get("best_model_checkpoint") or step is None:
+        return resume
+    best = next((c for c in registered_checkpoints(location) if resumed_step(c) == step),
+                resume if state["global_step"] == step else None)
+    if best is None:  # Ray keeps the best-scored checkpoints, so only a foreign folder lacks it
+        log(f"train: the best checkpoint (step {step}) is gone; the model published will be the "
+            "best of the steps still to run")
+        return resume
+    target = scratch / f"checkpoint-{step}"
+    _copy_folder(best, target)
+    if not Path(resume).is_relative_to(scratch):  # never edit a registered checkpoint
+        _copy_folder(resume, scratch / "resume-state")
+        resume = str(scratch / "resume-state")
+    state["best_model_checkpoint"] = str(target)
+    Path(resume, "trainer_state.json").write_text(json.dumps(state, indent=2))
+    return resume
+
+
+def _copy_folder(source: str, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    if storage.is_uri(source):
+        storage.download(source, target)
+    else:
+        shutil.copytree(source, target)
 
 
 def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location: str,
          ray_config: RayConfig | None, batch_size: int) -> tuple[dict, Path]:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     resume = latest_checkpoint(location)
@@ -299,7 +344,7 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
                                          resources_per_worker={"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
             run_config=RunConfig(storage_path=path, storage_filesystem=filesystem, name="train",
-                                 checkpoint_config=CheckpointConfig(num_to_keep=3),
+                                 checkpoint_config=_checkpoint_config(val_rows is not None),
                                  failure_config=FailureConfig(max_failures=config.max_failures)),
         )
         result = trainer.fit()
@@ -308,6 +353,17 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
         local = Path(tempfile.mkdtemp(prefix="customir-model-"))
         result.checkpoint.to_directory(str(local))
         return dict(result.metrics), local
+
+
+def _checkpoint_config(validated: bool):
+    """Ray Train keeps the newest checkpoint and, with validation, the best-scored ones (the
+    best model must outlive a restart that resumes from the newest)."""
+    from ray.train import CheckpointConfig
+
+    if not validated:
+        return CheckpointConfig(num_to_keep=3)
+    return CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=BEST_METRIC,
+                            checkpoint_score_order="max")
 
 
 def checkpoint_location(root: str | Path, config: TrainConfig, inputs: dict[str, str]) -> str:
@@ -380,10 +436,13 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
             f"{sizes['validation']} validation, {held_out} test queries held out")
         # Small or repetitive training sets cannot fill a no-duplicates batch; without this the
         # run would silently make zero steps (see largest_fillable_batch).
-        batch_size = largest_fillable_batch(train_rows, config.batch_size, seed=config.seed)
+        # Every step's N worker batches are drawn as one duplicate-free batch (train.sampler).
+        step_rows = largest_fillable_batch(train_rows, config.batch_size * config.num_workers,
+                                           seed=config.seed)
+        batch_size = max(1, step_rows // config.num_workers)
         if batch_size < config.batch_size:
-            log(f"train: the {sizes['train']} rows fill batches of at most {batch_size} distinct "
-                f"texts; batch size lowered from {config.batch_size}")
+            log(f"train: the {sizes['train']} rows fill steps of at most {step_rows} distinct "
+                f"texts; batch size per worker lowered from {config.batch_size}")
         metrics, final = _fit(config, paths["train"], paths.get("validation"), location,
                               ray_config, batch_size)
         if not metrics.get("steps"):
