@@ -27,8 +27,10 @@ only the stages a factor touches run again. Each variant is compared with zero-s
 the main run's tuned model (paired randomization test), so a default is changed only for a
 difference that is more than noise.
 
-Writes ``benchmarks/results/<dataset>-<date>.{json,md}``; prints the table and the per-stage wall
-times, then one JSON object as the last line.
+Writes ``benchmarks/results/<dataset>-<date>.{json,md}`` once the main run is scored and again
+after each variant; prints the table and the per-stage wall times, then one JSON object as the
+last line. Embeddings are cached in ``RUNS/<dataset>/cache/``: the base model's under the content
+of its model folder (see ``model_key``), the main tuned model's under its training run.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
-from common import ROOT, logger  # noqa: E402  (sets up sys.path and env)
+from common import ROOT, finished_at, logger  # noqa: E402  (sets up sys.path and env)
 
 say = logger("beir-bench")
 
@@ -56,6 +58,7 @@ COMPARISONS = (("tuned", "base"), ("tuned", "bm25"), ("hybrid", "hybrid-base"), 
                ("hybrid-chunks", "hybrid-base-chunks"))
 MAIN_COMPARISONS = (("tuned", "main"), ("tuned-chunks", "main-chunks"))
 K_VALUES = [1, 5, 10, 100]
+MAX_SEQ_LENGTH = 256  # whole documents are truncated here (the BEIR protocol)
 STRUCTURAL_KINDS = ["title", "heading", "subject"]
 LLM_KINDS = ["keyword", "question", "claim", "multihop"]
 # One factor per variant; each is the main config plus these overrides.
@@ -128,6 +131,28 @@ def texts_key(texts: list[str]) -> str:
     return f"{len(texts)}-{digest.hexdigest()[:12]}"
 
 
+def model_key(name_or_path: str | Path, max_seq_length: int = MAX_SEQ_LENGTH) -> str:
+    """Names a model's cached embeddings after the model: the content of every file of its
+    resolved sentence-transformers folder (weights, configs, tokenizer) and the truncation, so
+    another ``train.base_model`` (or a model retrained in place) is encoded again; a copy of
+    the same folder elsewhere shares the cache. Reading the weights costs about a second per
+    GB, little beside encoding a corpus.
+
+    >>> model_key("all-MiniLM-L6-v2") == model_key("all-MiniLM-L6-v2") != model_key(
+    ...     "all-MiniLM-L6-v2", 512)
+    True
+    """
+    from customir.models import resolve_base_model
+
+    folder = resolve_base_model(str(name_or_path))
+    digest = hashlib.sha1(f"max_seq_length={max_seq_length}".encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"\0{path.relative_to(folder).as_posix()}\0".encode())
+        with open(path, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha1").digest())
+    return digest.hexdigest()[:12]
+
+
 # -- the pipeline ---------------------------------------------------------------------------------
 def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
     """The pipeline up to ``until``; per stage: seconds (from its manifest: the whole stage,
@@ -137,7 +162,7 @@ def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
 
     stages = STAGES[:STAGES.index(until) + 1]
     run = Path(config.run_dir)
-    before = {stage: _finished_at(run / STAGE_FOLDERS[stage]) for stage in stages}
+    before = {stage: finished_at(run / STAGE_FOLDERS[stage]) for stage in stages}
     invocation = run_pipeline(config, serve_check=False, until=until)["timings"]
     timings = {}
     for stage in stages:
@@ -147,15 +172,6 @@ def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
                           "invocation_seconds": invocation[stage]}
         say(f"{stage}: {'ran' if ran else 'reused'} ({manifest.seconds:.1f} s)")
     return timings
-
-
-def _finished_at(folder: Path) -> str | None:
-    from customir.manifest import Manifest
-
-    try:
-        return Manifest.read(folder).finished_at
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 # -- evaluation on the human test queries ---------------------------------------------------------
@@ -184,7 +200,10 @@ class Evaluator:
         self.named_runs: dict[str, tuple[dict, dict]] = {}  # by cache name: a model runs once
         index = BM25Index(list(documents.values()))
         self.runs = {"bm25": bm25_run(index, queries, self.doc_ids, max(K_VALUES))}
-        self.runs["base"], self.runs["base-chunks"] = self.dense(base_model, "base")
+        # cached under the model's identity: a rerun with another train.base_model must not
+        # score its queries against the previous model's vectors
+        self.runs["base"], self.runs["base-chunks"] = self.dense(
+            base_model, f"base-{model_key(base_model)}")
 
     def dense(self, model_path: str | Path, cache_name: str | None = None) -> tuple[dict, dict]:
         """The model's runs on whole documents and on chunks (MaxP)."""
@@ -194,7 +213,7 @@ class Evaluator:
         if cache_name in self.named_runs:
             return self.named_runs[cache_name]
         model = load_sentence_transformer(model_path)
-        model.max_seq_length = 256
+        model.max_seq_length = MAX_SEQ_LENGTH
         documents = [self.documents[d] for d in self.doc_ids]
         passages = self._encode(model, model_path, "documents", documents,
                                 cache_name and f"{cache_name}-{texts_key(documents)}")
@@ -343,7 +362,8 @@ def _ndcg(results: dict, system: str) -> str:
     return f"{results[system]['nDCG@10']:.4f}" if system in results else "not scored"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; a misspelt ``--ablation`` name stops here, not after the main run."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", type=Path, help="a BEIR folder (corpus.jsonl, queries.jsonl, "
                         "qrels/test.tsv)")
@@ -353,11 +373,48 @@ def main() -> None:
     parser.add_argument("--split", default="test", help="qrels split used for evaluation")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "beir")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--ablation", nargs="*", metavar="VARIANT",
+    parser.add_argument("--ablation", nargs="*", metavar="VARIANT", choices=list(VARIANTS),
                         help=f"also train these variants (none named: all of {list(VARIANTS)})")
     parser.add_argument("--skip-main", action="store_true",
                         help="with --ablation: reuse the main run and its results file")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def save_results(out_json: Path, record: dict) -> str:
+    """Write the results JSON and its markdown table (again after each variant, so a variant
+    that fails or a stopped run keeps everything finished before it); return the table."""
+    table = markdown(record["dataset"], record["main"], record["ablation"],
+                     record["stage_seconds"], record)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(record, indent=2, sort_keys=True))
+    out_json.with_suffix(".md").write_text(table)
+    return table
+
+
+def run_variant(variant: str, args, config, corpus: Path, root: Path, evaluator: Evaluator,
+                main_run: tuple[dict, dict]) -> dict:
+    """Train one ablation variant on copies of the main run's upstream stages and score it."""
+    from customir.config import load_config
+    from customir.manifest import Manifest
+
+    overrides = variant_overrides(variant, config)
+    variant_run = root / "ablation" / variant
+    seed_variant(Path(config.run_dir), variant_run)
+    vconfig = load_config(args.config, args.overrides + overrides, corpus=str(corpus),
+                          run_dir=str(variant_run))
+    say(f"ablation {variant}: {overrides}")
+    try:
+        vtimings = run_stages(vconfig, until="train")
+    except Exception as exc:  # one failed variant is reported, the rest still run
+        return {"overrides": overrides, "error": f"{type(exc).__name__}: {exc}"}
+    trained = Manifest.read(variant_run / "train")
+    return {"overrides": overrides, "timings": vtimings, "train_seconds": trained.seconds,
+            "training_rows": trained.balances["queries"].n_out,
+            **evaluator.score(variant_run / "train" / "model", main=main_run)}
+
+
+def main() -> None:
+    args = parse_args()
 
     from customir.config import load_config
     from customir.manifest import Manifest
@@ -394,41 +451,23 @@ def main() -> None:
         f"{train_manifest.config_hash} {train_manifest.finished_at}".encode()).hexdigest()[:12]
     if main_result is None:
         main_result = evaluator.score(main_model, main_name)
+    pipeline_minutes = sum(t["seconds"] for t in timings.values()) / 60
+    record = {"dataset": name, "date": date.today().isoformat(),
+              "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
+                            else args.config),
+              "overrides": args.overrides, "documents": len(documents), "chunks": len(chunks[0]),
+              "pipeline_minutes": round(pipeline_minutes, 1),
+              "training_rows": train_manifest.balances["queries"].n_out,
+              "main": main_result, "stage_seconds": timings,
+              "training": train_manifest.extra.get("metrics"), "ablation": ablation}
+    table = save_results(out_json, record)  # before any variant: none can lose the main run
+
     variants = VARIANTS if args.ablation == [] else args.ablation or []
     main_run = evaluator.dense(main_model, main_name) if variants else None
-
     for variant in variants:
-        overrides = variant_overrides(variant, config)
-        variant_run = root / "ablation" / variant
-        seed_variant(Path(config.run_dir), variant_run)
-        vconfig = load_config(args.config, args.overrides + overrides, corpus=str(corpus),
-                              run_dir=str(variant_run))
-        say(f"ablation {variant}: {overrides}")
-        try:
-            vtimings = run_stages(vconfig, until="train")
-        except Exception as exc:  # one failed variant is reported, the rest still run
-            ablation[variant] = {"overrides": overrides, "error": f"{type(exc).__name__}: {exc}"}
-            continue
-        trained = Manifest.read(variant_run / "train")
-        ablation[variant] = {"overrides": overrides, "timings": vtimings,
-                             "train_seconds": trained.seconds,
-                             "training_rows": trained.balances["queries"].n_out,
-                             **evaluator.score(variant_run / "train" / "model",
-                                               main=main_run)}
-
-    pipeline_minutes = sum(t["seconds"] for t in timings.values()) / 60
-    meta = {"config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
-                          else args.config),
-            "overrides": args.overrides, "documents": len(documents), "chunks": len(chunks[0]),
-            "pipeline_minutes": round(pipeline_minutes, 1),
-            "training_rows": train_manifest.balances["queries"].n_out}
-    table = markdown(name, main_result, ablation, timings, meta)
-    args.results.mkdir(parents=True, exist_ok=True)
-    result = {"dataset": name, "date": date.today().isoformat(), **meta, "main": main_result,
-              "stage_seconds": timings, "training": train_manifest.extra.get("metrics"),
-              "ablation": ablation}
-    out_json.write_text(json.dumps(result, indent=2, sort_keys=True))
-    out_json.with_suffix(".md").write_text(table)
+        ablation[variant] = run_variant(variant, args, config, corpus, root, evaluator,
+                                        main_run)
+        table = save_results(out_json, record)
     print(table)
     r = main_result["results"]
     tuned_vs_base = next(c for c in main_result["comparisons"] if c["a"] == "tuned"
@@ -439,7 +478,7 @@ def main() -> None:
         "ratio_vs_base": round(r["tuned"]["nDCG@10"] / r["base"]["nDCG@10"], 4),
         "ratio_vs_bm25": round(r["tuned"]["nDCG@10"] / r["bm25"]["nDCG@10"], 4),
         "p_value_tuned_vs_base": tuned_vs_base["p_value"],
-        "pipeline_minutes": meta["pipeline_minutes"],
+        "pipeline_minutes": record["pipeline_minutes"],
         "ablation_ndcg10": {v: a["results"]["tuned"]["nDCG@10"] for v, a in ablation.items()
                             if "results" in a},
         "results_file": str(out_json)}))

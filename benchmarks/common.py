@@ -1,5 +1,6 @@
 """What every benchmark script sets up first: the repository on sys.path, an offline and
-token-auth-free local environment, the SciFact data folder and a stderr logger."""
+token-auth-free local environment, the SciFact data folder and a stderr logger; and the small
+helpers several scripts share."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def scratch_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+def finished_at(folder: Path) -> str | None:
+    """When the stage output in ``folder`` was finished (its manifest), None if it is not: the
+    same value before and after a call means the call reused it instead of running."""
+    from customir.manifest import Manifest
+
+    try:
+        return Manifest.read(folder).finished_at
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

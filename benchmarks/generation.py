@@ -16,7 +16,9 @@ shared machine):
   profile), one after the other, nothing else.
 
 Tokens/s is completion tokens over wall time; the stage's time includes everything it does
-besides the LLM. Up to 20 generated queries per kind are written to ``OUT/samples.json``.
+besides the LLM. Up to 20 generated queries per kind are written to ``OUT/samples.json``;
+``--out`` must be a new or empty folder (a finished block found there would be reused and
+timed at ~0 s).
 The last line is one JSON object with ``ratio_vs_raw_llamacpp`` (stage tokens/s / raw tokens/s).
 """
 
@@ -97,10 +99,15 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
     parser.add_argument("--multihop", type=float, default=0.25)
     parser.add_argument("--no-baseline", action="store_true", help="stage only (for samples)")
-    parser.add_argument("--out", type=Path, default=None, help="keep runs and samples here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep runs and samples here (a new or empty folder)")
     parser.add_argument("--data", type=Path, default=SCIFACT,
                         help="folder with a BEIR corpus.jsonl (default: SciFact)")
     args = parser.parse_args()
+    if args.out is not None and args.out.is_dir() and any(args.out.iterdir()):
+        # a second run there would fail on its corpus folder or reuse finished blocks, timed
+        # at ~0 s: the stage's tokens/s and the ratio would be inflated
+        parser.error(f"--out {args.out} is not empty; give a new or empty folder")
 
     import pyarrow as pa
     import ray

@@ -17,7 +17,13 @@ Both sides retrieve top_k + 1 (the stage also scores every positive and selects 
 
 ``--scale``: a synthetic corpus of 1,000,000 documents (Zipf-distributed words, generated
 here) is ingested, indexed with bm25s and mined for 100,000 queries; wall time per phase and the
-peak resident memory of this process plus its children (Ray workers), sampled every 0.5 s.
+peak resident memory of this process plus its children (Ray workers), sampled every 0.5 s. With
+``--scale-dir`` a rerun reuses the corpus, the chunks and the index made there: each phase is
+reported as ``ran`` or ``reused`` (``phases_reused`` in the JSON), and a reused phase's seconds
+are only its check. The scale run has no ``ratio_vs_*``: it measures whether the stage holds at
+1M chunks (wall time per phase, peak memory), and no raw baseline runs there, since raw bm25s
+would load a second copy of the index into this process and its memory would mix into the peak
+figure. The stage-vs-raw ratio is the default run's.
 
 The last line is one JSON object (``ratio_vs_raw_bm25s``, ``ratio_vs_raw_pyserini``, ...).
 """
@@ -25,6 +31,7 @@ The last line is one JSON object (``ratio_vs_raw_bm25s``, ``ratio_vs_raw_pyserin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -34,7 +41,8 @@ import threading
 import time
 from pathlib import Path
 
-from common import SCIFACT, logger, scratch_dir  # noqa: E402  (sets up sys.path and env)
+# common sets up sys.path and the environment first
+from common import SCIFACT, finished_at, logger, scratch_dir  # noqa: E402
 
 say = logger("mining-bench")
 
@@ -217,64 +225,108 @@ def synthetic_corpus(folder: Path, n_docs: int, seed: int = 7) -> None:
                 fh.write(json.dumps({"_id": f"s{start + i}", "text": text}) + "\n")
 
 
-def scale_run(args) -> dict:
+class Phases:
+    """Wall time per phase, and which phases reused an earlier run's finished output (its
+    manifest unchanged by the phase) instead of running: their seconds are only the check."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str, output: Path | None = None):
+        before = finished_at(output) if output else None
+        started = time.perf_counter()
+        yield
+        self.seconds[f"{name}_s"] = time.perf_counter() - started
+        if before is not None and finished_at(output) == before:
+            self.reused.append(name)
+
+    def table(self) -> str:
+        rows = [f"{'phase':20} {'seconds':>9}  this invocation"]
+        rows += [f"{key:20} {s:9.1f}  {'reused' if key[:-2] in self.reused else 'ran'}"
+                 for key, s in self.seconds.items()]
+        return "\n".join(rows)
+
+
+def scale_corpus(work: Path, n_docs: int, phases: Phases) -> Path:
+    """The synthetic corpus in ``work/corpus``, generated unless a run made it there before
+    (then it must be of the same size: its documents are not counted again)."""
+    corpus, size = work / "corpus", work / "corpus_documents.txt"
+    corpus.mkdir(parents=True, exist_ok=True)
+    with phases.phase("generate_corpus"):
+        if any(corpus.iterdir()):
+            made = size.read_text().strip() if size.is_file() else "an unknown number of"
+            if made != str(n_docs):
+                sys.exit(f"mining benchmark: {corpus} holds {made} documents, not "
+                         f"--scale-chunks {n_docs}; give another --scale-dir")
+            phases.reused.append("generate_corpus")
+        else:
+            say(f"generating {n_docs} synthetic documents in {corpus}")
+            synthetic_corpus(corpus, n_docs)
+            size.write_text(f"{n_docs}\n")
+    return corpus
+
+
+def scale_queries(run_dir: Path, n_queries: int) -> list[dict]:
+    """Six-word spans of ``n_queries`` chunks drawn without replacement (seeded), positive =
+    the chunk, written as a queries/ stage folder."""
     import numpy as np
+
+    from customir.schemas import CHUNKS, read_table
+
+    chunks = read_table(run_dir / "chunks", CHUNKS).select(["chunk_id", "doc_id", "text"])
+    rng = np.random.default_rng(11)
+    picked = rng.choice(chunks.num_rows, size=min(n_queries, chunks.num_rows), replace=False)
+    ids, docs, texts = (chunks.column(c).take(picked).to_pylist()
+                        for c in ("chunk_id", "doc_id", "text"))
+    rows = []
+    for i, (chunk_id, doc_id, text) in enumerate(zip(ids, docs, texts)):
+        words = text.split()
+        at = int(rng.integers(0, max(1, len(words) - 6)))
+        rows.append({"query_id": f"q{i}", "query": " ".join(words[at:at + 6]),
+                     "kind": "span", "origin": "benchmark", "chunk_id": chunk_id,
+                     "doc_id": doc_id})
+    write_queries(run_dir, rows)
+    return rows
+
+
+def scale_run(args) -> dict:
     import ray
 
     from customir.config import IngestConfig, MineConfig
     from customir.corpus import ingest
-    from customir.negatives.index import ensure_index
+    from customir.negatives.index import ensure_index, index_dir
     from customir.schemas import CHUNKS, read_table
 
     work = Path(args.scale_dir) if args.scale_dir else scratch_dir("customir-mining-scale-")
-    (work / "corpus").mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
-    phases = {}
+    phases = Phases()
+    config = MineConfig(backend="bm25s", top_k=args.top_k, num_workers=os.cpu_count() or 1,
+                        batch_size=2048)
     with PeakMemory() as memory:
-        started = time.perf_counter()
-        if not any((work / "corpus").iterdir()):
-            say(f"generating {args.scale_chunks} synthetic documents in {work / 'corpus'}")
-            synthetic_corpus(work / "corpus", args.scale_chunks)
-        phases["generate_corpus_s"] = time.perf_counter() - started
+        corpus = scale_corpus(work, args.scale_chunks, phases)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  configure_logging=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-        started = time.perf_counter()
         say("ingesting")
-        ingest.run(work / "corpus", run_dir, IngestConfig(min_chunk_tokens=8))
-        phases["ingest_s"] = time.perf_counter() - started
-        chunks = read_table(run_dir / "chunks", CHUNKS).select(["chunk_id", "doc_id", "text"])
-        n_chunks = chunks.num_rows
-        rng = np.random.default_rng(11)
-        picked = rng.choice(n_chunks, size=min(args.scale_queries, n_chunks), replace=False)
-        ids, docs, texts = (chunks.column(c).take(picked).to_pylist()
-                            for c in ("chunk_id", "doc_id", "text"))
-        del chunks
-        rows = []
-        for i, (chunk_id, doc_id, text) in enumerate(zip(ids, docs, texts)):
-            words = text.split()
-            at = int(rng.integers(0, max(1, len(words) - 6)))
-            rows.append({"query_id": f"q{i}", "query": " ".join(words[at:at + 6]),
-                         "kind": "span", "origin": "benchmark", "chunk_id": chunk_id,
-                         "doc_id": doc_id})
-        write_queries(run_dir, rows)
-        config = MineConfig(backend="bm25s", top_k=args.top_k, num_workers=os.cpu_count() or 1,
-                            batch_size=2048)
-        started = time.perf_counter()
+        with phases.phase("ingest", run_dir / "chunks"):
+            ingest.run(corpus, run_dir, IngestConfig(min_chunk_tokens=8))
+        n_chunks = read_table(run_dir / "chunks", CHUNKS).num_rows
+        rows = scale_queries(run_dir, args.scale_queries)
         say("indexing")
-        ensure_index(run_dir / "chunks", run_dir, config)
-        phases["index_s"] = time.perf_counter() - started
+        with phases.phase("index", index_dir(run_dir, config)):
+            ensure_index(run_dir / "chunks", run_dir, config)
         say(f"mining {len(rows)} queries")
-        phases["mine_s"], extra = mine_with(run_dir, config)
+        with phases.phase("mine", run_dir / "candidates"):
+            _, extra = mine_with(run_dir, config)
         ray.shutdown()
     figures = {"benchmark": "mining-scale", "backend": "bm25s", "documents": args.scale_chunks,
                "chunks": n_chunks, "queries": len(rows),
-               "mine_qps": round(len(rows) / phases["mine_s"], 1),
+               "mine_qps": round(len(rows) / phases.seconds["mine_s"], 1),
                "peak_rss_gib": round(memory.peak / 2**30, 2),
-               "candidates": extra["candidates"],
-               **{k: round(v, 1) for k, v in phases.items()}}
-    print(f"\n{'phase':20} {'seconds':>9}")
-    for phase, seconds in phases.items():
-        print(f"{phase:20} {seconds:9.1f}")
+               "candidates": extra["candidates"], "phases_reused": phases.reused,
+               **{k: round(v, 1) for k, v in phases.seconds.items()}}
+    print("\n" + phases.table())
     print(f"peak RSS (process + Ray workers): {figures['peak_rss_gib']} GiB")
     return figures
 

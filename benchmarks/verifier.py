@@ -19,10 +19,14 @@ Wilson score interval; the share of near-misses the verify stage would drop as f
 (``judge_candidates`` with ``--margin``, default 0); for the judge methods the classification
 accuracy at threshold 0.5 (mean of: true pair >= 0.5, near-miss < 0.5); mean scores; seconds per
 scored pair. BM25's own pairwise accuracy on the same pairs is printed as a reference (chance is
-0.5 for every method).
+0.5 for every method), and each method's ``ratio_vs_bm25`` is its pairwise accuracy over BM25's
+(above 1: the LLM tells the true passage from BM25's near-miss more often than BM25 does; null
+when BM25 ranks every near-miss above the true passage).
 
 The last line is one JSON object: {"benchmark": "verifier", "model", "queries", "qrels": "train",
-"methods": {method: {"pairwise_accuracy", "ci95", "near_miss_dropped_share", ...}}, ...}.
+"methods": {method: {"pairwise_accuracy", "ci95", "near_miss_dropped_share", "ratio_vs_bm25",
+...}}, "bm25_reference", "ratio_vs_bm25": the verify stage's default method's (or, when it was
+not run, the first method's) ratio, "ratio_method": that method, ...}.
 """
 
 from __future__ import annotations
@@ -175,6 +179,15 @@ def measure(llm, method_name: str, pairs: list[dict], margin: float) -> dict:
     return result
 
 
+def ratio_vs_bm25(method_accuracy: float, bm25_accuracy: float) -> float | None:
+    """The method's pairwise accuracy over BM25's on the same pairs; None when BM25's is 0.
+
+    >>> ratio_vs_bm25(0.75, 0.5), ratio_vs_bm25(0.75, 0.0)
+    (1.5, None)
+    """
+    return round(method_accuracy / bm25_accuracy, 4) if bm25_accuracy else None
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -205,7 +218,7 @@ def main() -> None:
     _progress(f"{len(pairs)} train queries (skipped: {skipped})")
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from customir.config import LLMConfig
+    from customir.config import LLMConfig, VerifyConfig
     from customir.llm.protocol import load_llm
 
     config = (LLMConfig(backend="scripted") if args.llm_backend == "scripted"
@@ -219,21 +232,25 @@ def main() -> None:
     bm25_wins, n = pairwise([p["positive_bm25"] for p in pairs],
                             [p["near_miss_bm25"] for p in pairs])
     bm25 = {"pairwise_accuracy": round(bm25_wins / n, 4), "ci95": wilson(bm25_wins, n)}
+    for r in results.values():
+        r["ratio_vs_bm25"] = ratio_vs_bm25(r["pairwise_accuracy"], bm25["pairwise_accuracy"])
+    headline = next((m for m in results if m == VerifyConfig().method.value), methods[0])
 
     print(f"verifier on SciFact train qrels: {n} queries, true passage vs BM25 near-miss, "
           f"model {llm.name}, margin {args.margin}")
-    print(f"{'method':<14} {'pair acc':>8} {'95% CI (Wilson)':>16} {'ties':>4} {'dropped':>8}"
-          f" {'thr acc':>7} {'mean true':>10} {'mean near':>10} {'s/pair':>7}")
+    print(f"{'method':<14} {'pair acc':>8} {'95% CI (Wilson)':>16} {'vs bm25':>7} {'ties':>4} "
+          f"{'dropped':>8} {'thr acc':>7} {'mean true':>10} {'mean near':>10} {'s/pair':>7}")
     for m, r in results.items():
         ci = f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
-        print(f"{m:<14} {r['pairwise_accuracy']:>8.3f} {ci:>16} {r['ties']:>4} "
-              f"{r['near_miss_dropped_share']:>8.3f} {_fmt(r['threshold_accuracy']):>7} "
-              f"{r['mean_true_score']:>10.3f} {r['mean_near_miss_score']:>10.3f} "
-              f"{r['s_per_pair']:>7.2f}")
+        print(f"{m:<14} {r['pairwise_accuracy']:>8.3f} {ci:>16} {_fmt(r['ratio_vs_bm25']):>7} "
+              f"{r['ties']:>4} {r['near_miss_dropped_share']:>8.3f} "
+              f"{_fmt(r['threshold_accuracy']):>7} {r['mean_true_score']:>10.3f} "
+              f"{r['mean_near_miss_score']:>10.3f} {r['s_per_pair']:>7.2f}")
     ci = f"[{bm25['ci95'][0]:.3f}, {bm25['ci95'][1]:.3f}]"
-    print(f"{'bm25 (ref)':<14} {bm25['pairwise_accuracy']:>8.3f} {ci:>16}")
-    print("pair acc: true > near-miss (ties 1/2); dropped: near-miss judged false negative; "
-          f"thr acc: judge score vs {JUDGE_THRESHOLD}; chance = 0.5")
+    print(f"{'bm25 (ref)':<14} {bm25['pairwise_accuracy']:>8.3f} {ci:>16} {'1.000':>7}")
+    print("pair acc: true > near-miss (ties 1/2); vs bm25: pair acc / bm25's pair acc; dropped: "
+          f"near-miss judged false negative; thr acc: judge score vs {JUDGE_THRESHOLD}; "
+          "chance = 0.5")
     figures = {
         "benchmark": "verifier",
         "model": llm.name,
@@ -247,6 +264,8 @@ def main() -> None:
         "load_s": round(load_s, 1),
         "methods": results,
         "bm25_reference": bm25,
+        "ratio_vs_bm25": results[headline]["ratio_vs_bm25"],
+        "ratio_method": headline,
     }
     print(json.dumps(figures))
 

@@ -249,7 +249,7 @@ class GenerateConfig(_Section):
 
     llm: LLMConfig = Field(default_factory=LLMConfig)
     max_llm_chunks: int | None = Field(
-        None,
+        None, ge=0,
         description="How many chunks get LLM-written queries (None = all). Small CPU models are "
         "slow, so the demo caps this and relies on structural pairs for the rest.",
     )
@@ -268,7 +268,7 @@ class GenerateConfig(_Section):
     related_top_k: int = Field(10, description="Related chunks are drawn from this many "
                                "neighbours (other documents only).")
     profile: ProfileMode = Field(ProfileMode.auto, description="Corpus profile method.")
-    profile_sample: int = Field(500, description="Chunks sampled for the corpus profile.")
+    profile_sample: int = Field(500, ge=0, description="Chunks sampled for the corpus profile.")
     structural: bool = Field(True, description="Add title, heading and e-mail subject queries.")
     inverse_cloze: float = Field(
         0.0, ge=0, le=1, description="Share of chunks that give an inverse-cloze pair (a "
@@ -453,19 +453,51 @@ class TrainConfig(_Section):
 class BeirEvalConfig(_Section):
     queries: str = Field(description="Path to a BEIR queries.jsonl.")
     qrels: str = Field(description="Path to a BEIR qrels .tsv (query-id, corpus-id, score).")
-    name: str = Field("beir", description="Name of this evaluation set in the report.")
+    name: str = Field("beir", min_length=1, description="Name of this evaluation set in the "
+                      "report (unique among the sets; see RESERVED_SET_NAMES).")
+
+
+# The generated held-out queries' set, and the report's own keys beside the sets' names
+# (report.json holds {set name: ...} next to "details" and "training_data").
+SYNTHETIC_SET = "synthetic-test"
+RESERVED_SET_NAMES = (SYNTHETIC_SET, "details", "training_data")
+COMPARED_CUT_OFF = 10  # every uplift is tested on nDCG@10
 
 
 class EvaluateConfig(_Section):
     _unhashed: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
-    k_values: list[int] = Field([1, 5, 10, 100], description="Cut-offs for every metric.")
+    k_values: list[int] = Field(
+        [1, 5, 10, 100], description="Cut-offs for every metric: distinct, positive, with 10 "
+        "among them (nDCG@10 is the compared metric). A report column at a cut-off not listed "
+        "shows '-'.")
     beir: list[BeirEvalConfig] = Field(
         default_factory=list,
         description="Real query sets with human qrels on the ingested corpus (doc ids).",
     )
     batch_size: int = Field(64, description="Encoding batch size.")
     permutations: int = Field(10000, description="Paired randomization test permutations.")
+
+    @field_validator("k_values")
+    @classmethod
+    def _cut_offs(cls, value: list[int]) -> list[int]:
+        if (not value or min(value) < 1 or len(set(value)) != len(value)
+                or COMPARED_CUT_OFF not in value):
+            raise ValueError(f"cut-offs must be distinct positive integers including "
+                             f"{COMPARED_CUT_OFF} (nDCG@{COMPARED_CUT_OFF} is compared)")
+        return sorted(value)
+
+    @field_validator("beir")
+    @classmethod
+    def _distinct_set_names(cls, value: list[BeirEvalConfig]) -> list[BeirEvalConfig]:
+        names = [b.name for b in value]
+        if reserved := sorted(set(names) & set(RESERVED_SET_NAMES)):
+            raise ValueError(f"set name {', '.join(map(repr, reserved))} is taken by the "
+                             "report; give the set another 'name'")
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"set name {', '.join(map(repr, repeated))} is used more than once "
+                             "(an unnamed set is 'beir'); give each set its own 'name'")
+        return value
 
 
 class ExportConfig(_Section):

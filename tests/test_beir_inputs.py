@@ -26,6 +26,15 @@ def test_queries_file(tmp_path):
         read_beir_queries(path)
 
 
+def test_files_starting_with_a_byte_order_mark(tmp_path):
+    """A file saved with a BOM (Windows editors) was rejected at line 1."""
+    queries, qrels = tmp_path / "queries.jsonl", tmp_path / "test.tsv"
+    queries.write_bytes(b'\xef\xbb\xbf{"_id": "1", "text": "what is x?"}\n')
+    qrels.write_bytes(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\n1\td1\t1\n")
+    assert read_beir_queries(queries) == {"1": "what is x?"}
+    assert read_beir_qrels(qrels) == {"1": {"d1": 1}}
+
+
 @pytest.mark.parametrize("qrels_text, error, message", [
     (None, FileNotFoundError, "typo.tsv not found"),
     ("query-id\tcorpus-id\tscore\n1\td1\tmany\n", EvalDataError, "typo.tsv:2"),

@@ -110,4 +110,34 @@ def test_re_chunked_texts_are_encoded_again_not_read_from_the_cache(tmp_path):
     again = Evaluator(documents, (["d1", "d2"], ["heart attack", "kidney"]), query, qrels,
                       "all-MiniLM-L6-v2", tmp_path)
     assert max(again.runs["base-chunks"]["q"], key=again.runs["base-chunks"]["q"].get) == "d1"
-    assert len(list(tmp_path.glob("base-chunks-2-*.npy"))) == 2
+    assert len(list(tmp_path.glob("base-*-chunks-2-*.npy"))) == 2
+
+
+def test_another_base_model_is_encoded_again_not_read_from_the_cache(tmp_path):
+    """The base model's vectors were cached under the texts alone: a rerun with another
+    train.base_model scored its queries against the previous model's documents."""
+    import torch
+
+    from customir.models import load_sentence_transformer
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from beir import Evaluator, model_key
+
+    other = tmp_path / "other-model"
+    model = load_sentence_transformer("all-MiniLM-L6-v2")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save(str(other))
+    assert model_key(other) != model_key("all-MiniLM-L6-v2")
+
+    documents = {"d1": "kidney function", "d2": "heart disease", "d3": "lung cancer"}
+    chunks = (["d1", "d2", "d3"], ["kidney", "heart disease", "lung cancer"])
+    query, qrels = {"q": "heart attack"}, {"q": {"d2": 1}}
+    Evaluator(documents, chunks, query, qrels, "all-MiniLM-L6-v2", tmp_path / "cache")
+    reused = Evaluator(documents, chunks, query, qrels, str(other), tmp_path / "cache")
+    fresh = Evaluator(documents, chunks, query, qrels, str(other), tmp_path / "empty")
+    for system in ("base", "base-chunks"):
+        assert reused.runs[system]["q"] == pytest.approx(fresh.runs[system]["q"])
+    assert len(list((tmp_path / "cache").glob("base-*-chunks-3-*.npy"))) == 2

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import PASSAGES
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "verifier.py"
@@ -63,6 +64,14 @@ def test_verifier_benchmark_scripted(tmp_path):
         else:
             assert 0.0 <= result["threshold_accuracy"] <= 1.0
     assert "verifier on SciFact train qrels" in done.stdout   # the table comes first
+    # the ratio to the baseline: each method's pairwise accuracy over BM25's on the same pairs
+    bm25 = figures["bm25_reference"]["pairwise_accuracy"]
+    for result in figures["methods"].values():
+        assert result["ratio_vs_bm25"] == (
+            None if bm25 == 0 else pytest.approx(result["pairwise_accuracy"] / bm25, abs=1e-3))
+    assert figures["ratio_method"] == "judge_yes_no"  # the verify stage's default
+    assert figures["ratio_vs_bm25"] == figures["methods"]["judge_yes_no"]["ratio_vs_bm25"]
+    assert "vs bm25" in done.stdout
 
 
 def test_verifier_benchmark_missing_data(tmp_path):

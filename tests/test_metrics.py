@@ -42,3 +42,52 @@ def test_randomization_test_detects_a_consistent_difference():
     noisy_a = [0.5, 0.6, 0.4, 0.5, 0.7, 0.3]
     noisy_b = [0.6, 0.5, 0.5, 0.4, 0.6, 0.4]
     assert paired_randomization_test(noisy_a, noisy_b, 2000) > 0.5
+
+
+def _one_matrix_reference(a, b, permutations, seed=0):
+    """The test as one (permutations x queries) sign matrix: what the blocked version must
+    equal exactly."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diff.size == 0 or not np.any(diff):
+        return 1.0
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(permutations, diff.size))
+    extreme = np.sum(np.abs((signs * diff).mean(axis=1)) >= abs(diff.mean()) - 1e-12)
+    return float((extreme + 1) / (permutations + 1))
+
+
+@pytest.mark.parametrize("block_elements", [1, 7, 64, 1 << 22])
+@pytest.mark.parametrize("n, permutations, seed", [(1, 9, 0), (5, 101, 3), (31, 1000, 0),
+                                                   (200, 257, 7)])
+def test_randomization_test_in_blocks_equals_one_sign_matrix(monkeypatch, block_elements, n,
+                                                            permutations, seed):
+    """Permutations are drawn in blocks (bounded memory on 50,000 queries); the p-value is the
+    same as with the whole sign matrix at once, whatever the block size."""
+    import numpy as np
+
+    from customir.evaluate import metrics
+
+    monkeypatch.setattr(metrics, "SIGN_BLOCK_ELEMENTS", block_elements)
+    values = np.random.default_rng(n).random((2, n))
+    a, b = values[0].tolist(), (values[1] * 0.3 + values[0] * 0.7).tolist()
+    assert paired_randomization_test(a, b, permutations, seed) == _one_matrix_reference(
+        a, b, permutations, seed)
+
+
+def test_randomization_test_memory_is_bounded_by_the_block(monkeypatch):
+    """100 permutations of 100,000 queries: one sign matrix would be 80 MB (twice); a block of
+    one permutation is 0.8 MB."""
+    import tracemalloc
+
+    from customir.evaluate import metrics
+
+    monkeypatch.setattr(metrics, "SIGN_BLOCK_ELEMENTS", 1 << 16)
+    a, b = [0.5] * 100_000, [0.4] * 50_000 + [0.6] * 50_000
+    tracemalloc.start()
+    try:
+        paired_randomization_test(a, b, 100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6

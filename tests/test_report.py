@@ -71,3 +71,20 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (200, 150), "white").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_metric_not_computed_shows_a_dash_not_zero(tmp_path):
+    """k_values [1, 5, 10]: no Recall@100 was computed, so the report must not claim 0."""
+    computed = {k: v for k, v in METRICS.items() if not k.endswith("@100")}
+    markdown = write_report(tmp_path, {"scifact": {"n_queries": 2, "results": {"bm25": computed}}},
+                            k_values=[1, 5, 10])
+    row = next(line for line in markdown.splitlines() if line.startswith("| bm25 |"))
+    assert row == "| bm25 | 0.6000 | 0.6000 | - | 0.6000 | 0.6000 | 0.3000 |"
+    html = (tmp_path / "report.html").read_text()
+    assert "<td>-</td>" in html and "0.0000" not in html
+
+
+def test_no_query_set_at_all_still_writes_a_report(tmp_path):
+    write_report(tmp_path, {})
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
+    assert not (tmp_path / "report.png").exists()

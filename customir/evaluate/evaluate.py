@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from customir.config import BeirEvalConfig, EvaluateConfig, MineConfig
+from customir.config import COMPARED_CUT_OFF, SYNTHETIC_SET, BeirEvalConfig, EvaluateConfig, \
+    MineConfig
 from customir.corpus.readers import whole_characters
 from customir.evaluate.metrics import Qrels, mean_metrics, paired_randomization_test, \
     per_query_metrics
@@ -35,7 +36,7 @@ from customir.schemas import CHUNKS, TRIPLES, read_table
 from customir.train.trainer import MODEL_DIR, SPLIT_FILE
 
 STAGE = "evaluate"
-COMPARED_METRIC = "nDCG@10"
+COMPARED_METRIC = f"nDCG@{COMPARED_CUT_OFF}"
 
 
 class EvalDataError(ValueError):
@@ -44,7 +45,9 @@ class EvalDataError(ValueError):
 
 def read_beir_queries(path: Path) -> dict[str, str]:
     queries = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
+    # utf-8-sig: a file saved with a byte-order mark (Windows editors) reads the same
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"),
+                                  start=1):
         if not line.strip():
             continue
         try:
@@ -56,9 +59,10 @@ def read_beir_queries(path: Path) -> dict[str, str]:
 
 
 def read_beir_qrels(path: Path) -> Qrels:
-    """Read a BEIR qrels TSV (header line, CRLF tolerated); keep relevance > 0."""
+    """Read a BEIR qrels TSV (header line, CRLF and a byte-order mark tolerated); keep
+    relevance > 0."""
     qrels: Qrels = defaultdict(dict)
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         for number, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
             row = [c.strip() for c in row]
             if not row or not any(row) or (number == 1 and row[0] == "query-id"):
@@ -79,6 +83,7 @@ class TestSet:
     chunk_doc: dict[str, str]       # chunk_id → doc_id
     queries: dict[str, str]         # query_id → text (positives in test documents only)
     qrels: Qrels                    # query_id → {chunk_id: 1} (every chunk it was written for)
+    test_docs: int = 0              # documents the train stage held out for testing
 
 
 # Inverse-cloze queries are sentences of their own chunk: trivially found, not a retrieval test.
@@ -94,7 +99,8 @@ def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> 
     split = dict(zip(*pq.read_table(Path(train_dir) / SPLIT_FILE).to_pydict().values()))
     test_docs = {d for d, s in split.items() if s == "test"}
     triples = read_table(triples_dir, TRIPLES).select(
-        ["query_id", "query", "chunk_id", "kind"]).to_pylist()
+        ["query_id", "query", "chunk_id", "kind", "negative_chunk_ids"]).to_pylist()
+    check_triples_chunks(triples, chunk_doc, chunks_dir)
     positives: dict[str, set[str]] = defaultdict(set)
     for t in triples:
         positives[t["query"]].add(t["chunk_id"])
@@ -104,7 +110,18 @@ def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> 
     # one test query per text (a multi-hop question has a row per supporting chunk)
     queries = {qid: q for q, qid in {q: qid for qid, q in sorted(queries.items())}.items()}
     qrels = {qid: {c: 1 for c in positives[q]} for qid, q in queries.items()}
-    return TestSet(corpus, chunk_doc, queries, qrels)
+    return TestSet(corpus, chunk_doc, queries, qrels, len(test_docs))
+
+
+def check_triples_chunks(triples: list[dict], chunk_doc: dict[str, str], chunks_dir: Path) -> None:
+    """Every chunk the triples name (positives and hard negatives) is in ``chunks_dir``; else
+    ``--chunks`` is another run's folder, said in one line (as the train stage does)."""
+    named = {t["chunk_id"] for t in triples}
+    named.update(c for t in triples for c in t["negative_chunk_ids"] or ())
+    if missing := sorted(named - chunk_doc.keys()):
+        raise EvalDataError(f"evaluate: {len(missing)} chunk ids of the triples are not in "
+                            f"{chunks_dir} (e.g. {missing[0]!r}); give the chunks folder the "
+                            "triples were made from")
 
 
 def _systems(models: dict, corpus: dict[str, str], bm25: BM25Index, queries: dict[str, str],
@@ -150,8 +167,9 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
         run_dir: str | Path, config: EvaluateConfig, base_model: str,
         mine_config: MineConfig | None = None, trust_remote_code: bool = False) -> Manifest:
     chunks_dir, triples_dir, train_dir = Path(chunks_dir), Path(triples_dir), Path(train_dir)
+    run_dir = Path(run_dir)
     check_beir_files(config)
-    out = Path(run_dir) / "evaluation"
+    out = run_dir / "evaluation"
     inputs = {"chunks": fingerprint(chunks_dir), "triples": fingerprint(triples_dir),
               "train": fingerprint(train_dir)}
     inputs.update({f"beir:{b.name}": f"{fingerprint(b.queries)}-{fingerprint(b.qrels)}"
@@ -162,6 +180,8 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
         return done
     started = time.monotonic()  # the manifest records the stage's whole wall time
     test = synthetic_test_set(chunks_dir, triples_dir, train_dir)
+    judged_sets = [judged_beir_set(beir, test.chunk_doc) for beir in config.beir]
+    check_something_to_evaluate(test, judged_sets, train_dir)  # before loading any model
     corpus = test.corpus
     models = {"base": load_sentence_transformer(base_model, trust_remote_code=trust_remote_code),
               "tuned": load_sentence_transformer(train_dir / MODEL_DIR,
@@ -174,88 +194,78 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
              for name, m in models.items()}
     sets = {}
     if test.queries:
-        sets["synthetic-test"] = _score(
+        sets[SYNTHETIC_SET] = _score(
             _systems(models, corpus, bm25, test.queries, k, config.batch_size, cache),
             test.qrels, config)
-        sets["synthetic-test"]["note"] = ("Generated queries on held-out test documents "
-                                          "(split by document; never trained on).")
-    balances = {}
-    for beir in config.beir:
-        sets[beir.name], balances[f"beir:{beir.name}"] = _score_beir(
-            beir, models, corpus, test.chunk_doc, bm25, config, cache)
-    details = report_details(triples_dir.parent, test, models, cache, config.batch_size)
+        sets[SYNTHETIC_SET]["note"] = ("Generated queries on held-out test documents "
+                                       "(split by document; never trained on).")
+    for judged in judged_sets:
+        sets[judged.name] = _score_beir(judged, models, corpus, test.chunk_doc, bm25, config,
+                                        cache)
+    manifests = stage_manifests(run_dir, chunks_dir, triples_dir, train_dir)
+    details = report_details(triples_dir, manifests, test, models, cache, config.batch_size)
     with stage_output(out, STAGE, config_hash, inputs, started) as (tmp, manifest):
         if (train_dir / "curves.png").is_file():  # the train stage's loss / validation curves
             shutil.copy(train_dir / "curves.png", tmp / "training_curves.png")
         details["stage_seconds"]["evaluate"] = round(time.monotonic() - started, 1)
-        write_report(tmp, sets, training_data_summary(triples_dir.parent), details,
-                     config.k_values)
-        manifest.balances.update(balances)
+        write_report(tmp, sets, training_data_summary(manifests), details, config.k_values)
+        manifest.balances.update({f"beir:{j.name}": j.balance for j in judged_sets})
         manifest.extra["sets"] = {name: {"n_queries": d["n_queries"],
-                                         "nDCG@10": {s: round(m[COMPARED_METRIC], 4)
-                                                     for s, m in d["results"].items()}}
+                                         COMPARED_METRIC: {s: round(m[COMPARED_METRIC], 4)
+                                                           for s, m in d["results"].items()}}
                                   for name, d in sets.items()}
     return manifest
+
+
+def check_something_to_evaluate(test: TestSet, judged_sets: list[JudgedSet],
+                                train_dir: Path) -> None:
+    """No query set at all (a small corpus whose test documents hold no generated query, and
+    no BEIR set) is said now, before the models are loaded and the corpus encoded."""
+    if not test.queries and not judged_sets:
+        raise EvalDataError(
+            f"evaluate: no query to evaluate on: none of the generated queries lies wholly in "
+            f"the {test.test_docs} test documents of {train_dir / SPLIT_FILE}, and "
+            "evaluate.beir names no set; add a BEIR set or hold out more documents "
+            "(train.split)")
+
+
+def stage_manifests(run_dir: Path, chunks_dir: Path, triples_dir: Path,
+                    train_dir: Path) -> dict[str, Manifest]:
+    """The manifests of the stages before this one, from the folders this stage was given
+    (chunks, triples, train) and, for the stages it does not read (generate, mine), from their
+    folders in ``run_dir``; a stage whose manifest is missing or unreadable is left out."""
+    from customir.pipeline import STAGE_FOLDERS, STAGES
+
+    given = {"ingest": chunks_dir, "verify": triples_dir, "train": train_dir}
+    manifests = {}
+    for stage in STAGES[:STAGES.index("train") + 1]:
+        try:
+            manifests[stage] = Manifest.read(given.get(stage, run_dir / STAGE_FOLDERS[stage]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return manifests
 
 
 N_EXAMPLES, MAX_SCORED_QUERIES = 10, 500
 
 
-def report_details(run_dir: Path, test: TestSet, models: dict, cache: dict,
-                   batch_size: int, seed: int = 13) -> dict:
+def report_details(triples_dir: Path, manifests: dict[str, Manifest], test: TestSet,
+                   models: dict, cache: dict, batch_size: int, seed: int = 13) -> dict:
     """What the report shows besides the metrics: the funnel of counts, wall time per stage,
     query kinds and lengths, example queries, and positive vs hard-negative cosines under each
-    model (on held-out queries where the split has enough)."""
-    import random
-
-    from customir.pipeline import STAGE_FOLDERS, STAGES
-
-    manifests = {}
-    for stage in STAGES[:STAGES.index("train") + 1]:  # the stages before this one
-        folder = STAGE_FOLDERS[stage]
-        try:
-            manifests[stage] = Manifest.read(run_dir / folder)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    triples = read_table(run_dir / "triples", TRIPLES).select(
+    model (on held-out queries where the split has enough). ``manifests``: the earlier stages'
+    (:func:`stage_manifests`)."""
+    triples = read_table(triples_dir, TRIPLES).select(
         ["query_id", "query", "kind", "chunk_id", "negative_chunk_ids"]).to_pylist()
     distinct = {(t["query"], t["kind"]): t for t in triples}
     with_negatives = [t for t in triples if t["negative_chunk_ids"]]
-
-    funnel = []
-    if m := manifests.get("ingest"):
-        funnel += [("documents read", m.balances["documents"].n_in),
-                   ("documents ingested", m.balances["documents"].n_out),
-                   ("chunks", m.balances["chunks"].n_out)]
-    if m := manifests.get("generate"):
-        funnel.append(("queries kept (rows)", m.balances["queries"].n_out))
-    if m := manifests.get("mine"):
-        funnel.append(("candidates after the margin", int(m.extra.get("candidates", 0))))
-    funnel += [("queries with hard negatives", len(with_negatives)),
-               ("hard negatives kept", sum(len(t["negative_chunk_ids"]) for t in triples))]
-    if m := manifests.get("train"):
-        funnel.append(("training rows", m.balances["queries"].n_out))
+    funnel = funnel_counts(manifests, triples)
 
     lengths: dict[str, list[int]] = defaultdict(list)
     for query, kind in distinct:
         lengths[kind].append(len(query.split()))
 
-    rng = random.Random(seed)
-    by_kind: dict[str, list[dict]] = defaultdict(list)
-    for t in sorted(with_negatives or triples, key=lambda t: t["query_id"]):
-        by_kind[t["kind"]].append(t)
-    for rows in by_kind.values():
-        rng.shuffle(rows)
-    examples, kinds = [], sorted(by_kind)
-    while len(examples) < N_EXAMPLES and any(by_kind.values()):
-        for kind in kinds:
-            if by_kind[kind] and len(examples) < N_EXAMPLES:
-                t = by_kind[kind].pop()
-                examples.append({"kind": kind, "query": t["query"],
-                                 "positive": _clip(test.corpus.get(t["chunk_id"], ""), 300),
-                                 "negatives": [_clip(test.corpus.get(c, ""), 200)
-                                               for c in t["negative_chunk_ids"][:2]]})
-
+    examples = example_queries(with_negatives or triples, test.corpus, seed)
     test_chunks = {c for rel in test.qrels.values() for c in rel}
     held_out = [t for t in with_negatives if t["chunk_id"] in test_chunks]
     from_held_out = len(held_out) >= 20
@@ -282,26 +292,63 @@ def report_details(run_dir: Path, test: TestSet, models: dict, cache: dict,
                             + ", before (base) and after (tuned) training")}
 
 
+def example_queries(triples: list[dict], corpus: dict[str, str], seed: int) -> list[dict]:
+    """Up to N_EXAMPLES rows, the kinds taking turns, each with its positive and first two hard
+    negatives clipped for the report; a seeded draw within each kind."""
+    import random
+
+    rng = random.Random(seed)
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for t in sorted(triples, key=lambda t: t["query_id"]):
+        by_kind[t["kind"]].append(t)
+    for rows in by_kind.values():
+        rng.shuffle(rows)
+    examples, kinds = [], sorted(by_kind)
+    while len(examples) < N_EXAMPLES and any(by_kind.values()):
+        for kind in kinds:
+            if by_kind[kind] and len(examples) < N_EXAMPLES:
+                t = by_kind[kind].pop()
+                examples.append({"kind": kind, "query": t["query"],
+                                 "positive": _clip(corpus.get(t["chunk_id"], ""), 300),
+                                 "negatives": [_clip(corpus.get(c, ""), 200)
+                                               for c in t["negative_chunk_ids"][:2]]})
+    return examples
+
+
+def funnel_counts(manifests: dict[str, Manifest], triples: list[dict]) -> list[tuple[str, int]]:
+    """(label, count) per step, from the stage manifests and the triples' rows. A multi-hop
+    question has a row (and a query id) per supporting chunk: queries are counted by text and
+    kind, as the report's query kinds are."""
+    funnel = []
+    if m := manifests.get("ingest"):
+        funnel += [("documents read", m.balances["documents"].n_in),
+                   ("documents ingested", m.balances["documents"].n_out),
+                   ("chunks", m.balances["chunks"].n_out)]
+    if m := manifests.get("generate"):
+        funnel.append(("queries kept (rows)", m.balances["queries"].n_out))
+    if m := manifests.get("mine"):
+        funnel.append(("candidates after the margin", int(m.extra.get("candidates", 0))))
+    with_negatives = {(t["query"], t["kind"]) for t in triples if t["negative_chunk_ids"]}
+    funnel += [("queries with hard negatives", len(with_negatives)),
+               ("hard negatives kept", sum(len(t["negative_chunk_ids"]) for t in triples))]
+    if m := manifests.get("train"):
+        funnel.append(("training rows", m.balances["queries"].n_out))
+    return funnel
+
+
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"
 
 
-def training_data_summary(run_dir: Path) -> dict:
-    """What the model was trained on, from the stage manifests: queries per kind, mining and
-    verification counts (the share of checked candidates the LLM dropped as false negatives)."""
-    from customir.pipeline import STAGE_FOLDERS
-
-    summary: dict = {}
-    for stage in ("generate", "mine", "verify", "train"):
-        try:
-            manifest = Manifest.read(run_dir / STAGE_FOLDERS[stage])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        summary[stage] = {"balances": {unit: {"in": b.n_in, "out": b.n_out,
-                                              "skipped": b.skipped}
-                                       for unit, b in manifest.balances.items()},
-                          **manifest.extra}
-    return summary
+def training_data_summary(manifests: dict[str, Manifest]) -> dict:
+    """What the model was trained on, from the stage manifests (:func:`stage_manifests`):
+    queries per kind, mining and verification counts (the share of checked candidates the LLM
+    dropped as false negatives)."""
+    return {stage: {"balances": {unit: {"in": b.n_in, "out": b.n_out, "skipped": b.skipped}
+                                 for unit, b in manifest.balances.items()},
+                    **manifest.extra}
+            for stage, manifest in manifests.items()
+            if stage in ("generate", "mine", "verify", "train")}
 
 
 def check_beir_files(config: EvaluateConfig) -> None:
@@ -315,7 +362,19 @@ def check_beir_files(config: EvaluateConfig) -> None:
         read_beir_qrels(Path(beir.qrels))
 
 
-def _score_beir(beir: BeirEvalConfig, models, corpus, chunk_doc, bm25, config, cache):
+@dataclass
+class JudgedSet:
+    """A BEIR set's queries that can be scored on this corpus, and what was left out."""
+    name: str
+    queries: dict[str, str]         # query_id → text, judged queries only
+    qrels: Qrels                    # query_id → {doc_id: relevance}, judged queries only
+    balance: Balance                # qrels queries in, judged out, skipped by reason
+    note: str
+
+
+def judged_beir_set(beir: BeirEvalConfig, chunk_doc: dict[str, str]) -> JudgedSet:
+    """The set's queries with text and a relevant document in the corpus; none is an error,
+    said before any model is loaded."""
     queries = read_beir_queries(Path(beir.queries))
     qrels = read_beir_qrels(Path(beir.qrels))
     docs = set(chunk_doc.values())
@@ -325,15 +384,16 @@ def _score_beir(beir: BeirEvalConfig, models, corpus, chunk_doc, bm25, config, c
     if not judged:
         raise EvalDataError(f"{beir.qrels}: none of its {len(qrels)} queries has both text in "
                             f"{beir.queries} and a relevant document in the corpus")
-    asked = {q: queries[q] for q in judged}
-    runs = _systems(models, corpus, bm25, asked, max(config.k_values), config.batch_size, cache,
-                    Documents(list(corpus), chunk_doc))
-    scored = _score(runs, judged, config)
-    scored["note"] = (f"Human qrels from {beir.qrels}; chunks scored, a document takes its best "
-                      f"chunk's score. Skipped: {len(no_text)} queries without text, "
-                      f"{len(no_doc)} whose relevant documents are not in the corpus.")
-    balance = Balance(len(qrels), len(judged), {k: v for k, v in
-                                                {"no_query_text": len(no_text),
-                                                 "relevant_docs_not_in_corpus": len(no_doc)}.items()
-                                                if v})
-    return scored, balance
+    skipped = {"no_query_text": len(no_text), "relevant_docs_not_in_corpus": len(no_doc)}
+    note = (f"Human qrels from {beir.qrels}; chunks scored, a document takes its best chunk's "
+            f"score. Skipped: {len(no_text)} queries without text, {len(no_doc)} whose "
+            "relevant documents are not in the corpus.")
+    return JudgedSet(beir.name, {q: queries[q] for q in judged}, judged,
+                     Balance(len(qrels), len(judged), {k: v for k, v in skipped.items() if v}),
+                     note)
+
+
+def _score_beir(judged: JudgedSet, models, corpus, chunk_doc, bm25, config, cache) -> dict:
+    runs = _systems(models, corpus, bm25, judged.queries, max(config.k_values),
+                    config.batch_size, cache, Documents(list(corpus), chunk_doc))
+    return {**_score(runs, judged.qrels, config), "note": judged.note}

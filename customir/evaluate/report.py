@@ -7,6 +7,17 @@ import json
 from pathlib import Path
 
 HEADLINE = ("nDCG@10", "Recall@10", "Recall@100", "MRR@10", "MAP@10", "P@1")
+PLOTTED = ("nDCG@10", "Recall@100", "MRR@10")  # report.png, per set
+
+
+def metric_cell(metrics: dict[str, float], name: str) -> str:
+    """A metric to four places, or "-" where it was not computed (its cut-off is not in
+    ``evaluate.k_values``): a 0 there would read as a measured failure.
+
+    >>> metric_cell({"nDCG@10": 0.5}, "nDCG@10"), metric_cell({"nDCG@10": 0.5}, "Recall@100")
+    ('0.5000', '-')
+    """
+    return f"{metrics[name]:.4f}" if name in metrics else "-"
 
 
 def markdown_table(results: dict[str, dict[str, float]], columns=HEADLINE) -> str:
@@ -19,7 +30,7 @@ def markdown_table(results: dict[str, dict[str, float]], columns=HEADLINE) -> st
     """
     lines = ["| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for system, metrics in results.items():
-        lines.append(f"| {system} | " + " | ".join(f"{metrics.get(c, 0.0):.4f}" for c in columns)
+        lines.append(f"| {system} | " + " | ".join(metric_cell(metrics, c) for c in columns)
                      + " |")
     return "\n".join(lines)
 
@@ -106,6 +117,8 @@ def write_report(out_dir: Path, sets: dict[str, dict], training_data: dict | Non
     k_values = k_values or [1, 5, 10, 100]
     images: list[tuple[str, str, str]] = []  # (section id, file name, caption)
     for i, (name, data) in enumerate(sets.items()):
+        if not data["results"]:
+            continue
         file = f"metrics_{i}.png"
         figures.metric_bars(out_dir / file, name, data["results"], k_values)
         images.append(("metrics", file, f"{name}: nDCG@k and Recall@k per system"))
@@ -220,7 +233,7 @@ def html_report(sets: dict, training_data: dict, summary: dict,
         body["metrics"] += [f"<h3>{escape(name)} ({data['n_queries']} queries)</h3>",
                             f"<p>{escape(data.get('note', ''))}</p>",
                             table(["system", *columns],
-                                  [[s, *(f"{m.get(c, 0.0):.4f}" for c in columns)]
+                                  [[s, *(metric_cell(m, c) for c in columns)]
                                    for s, m in data["results"].items()]),
                             "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in
                                              comparison_lines(data.get("comparisons", [])))
@@ -261,6 +274,10 @@ def html_report(sets: dict, training_data: dict, summary: dict,
 
 
 def _plot(path: Path, sets: dict[str, dict]) -> None:
+    """One panel per set that has results; no file when none has."""
+    sets = {name: data for name, data in sets.items() if data["results"]}
+    if not sets:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +286,7 @@ def _plot(path: Path, sets: dict[str, dict]) -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
     for ax, (name, data) in zip(axes[0], sets.items()):
         systems = list(data["results"])
-        metrics = ["nDCG@10", "Recall@100", "MRR@10"]
+        metrics = [m for m in PLOTTED if any(m in r for r in data["results"].values())]
         width = 0.8 / len(systems)
         for i, system in enumerate(systems):
             values = [data["results"][system].get(m, 0.0) for m in metrics]
