@@ -20,7 +20,7 @@ the folder at a time (as many bytes as the folder holds on disk).
 
 Usage::
 
-    index = ShippedFolder.ship(run / "indexes" / "bm25s")     # in the driver, Ray started
+    index = ShippedFolder.ship(index_dir(run, config))     # in the driver, Ray started
     chunks = ray.put(read_table(run / "chunks", CHUNKS))
     ...  # pass both to the actor's constructor; in the actor:
     path, table = resolve(index), resolve(chunks)

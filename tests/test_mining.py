@@ -50,6 +50,17 @@ def test_a_long_positive_document_does_not_use_up_the_search(tmp_path):
     assert row["candidate_chunk_ids"] == ["other#0"]
 
 
+def test_a_book_length_document_widens_the_search_by_at_most_twice_top_k(tmp_path):
+    """The search width is the batch's largest: one 40-chunk document must not make every
+    query of the batch fetch 40 more results."""
+    chunks = {f"book#{i}": f"aspirin heart page {i}" for i in range(40)}
+    chunks["short#0"] = "aspirin stomach"
+    book, short = _query("aspirin heart", "book#0"), _query("aspirin stomach", "short#0")
+    miner = _miner(tmp_path, chunks, [book, short], top_k=3)
+    assert miner._excluded(miner._positives(book)) == 1 + 2 * 3
+    assert miner._excluded(miner._positives(short)) == 1
+
+
 def test_without_the_same_document_rule_only_the_positives_widen_the_search(tmp_path):
     chunks = {f"long#{i}": "aspirin heart" + " dose" * i for i in range(5)}  # longer, lower
     query = _query("aspirin heart", "long#0")

@@ -54,6 +54,17 @@ def test_html_the_parser_cannot_read_is_a_counted_skip(tmp_path, monkeypatch):
         ("unparseable_html", "AssertionError")]
 
 
+def test_an_e_mail_part_the_html_parser_cannot_read_costs_only_that_part(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(_HTMLText, "parse_marked_section", HTMLParser.parse_marked_section)
+    (tmp_path / "m.eml").write_bytes(
+        b"Subject: x\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain\r\n\r\nPlain part.\r\n"
+        b"--B\r\nContent-Type: text/html\r\n\r\n<p>x</p><![x[abc]]>\r\n--B--\r\n")
+    [doc] = list(iter_documents(tmp_path, IngestConfig()))
+    assert text_of(doc) == "Plain part." and doc.lost == {"undecodable_email_parts": 1}
+
+
 def test_a_reader_that_fails_unexpectedly_is_a_counted_skip(tmp_path, monkeypatch):
     def broken(path, rel, config):
         yield Document("first", rel, None, [(None, "read before the failure")])
@@ -159,6 +170,16 @@ def test_an_unclosed_heading_or_title_does_not_swallow_the_page(tmp_path):
                                                  "More text.")]
     assert (docs["t.html"].title, text_of(docs["t.html"])) == ("Page", "Body text.")
     assert text_of(docs["end.html"]) == "Body.\nA heading never closed at the end"
+
+
+def test_a_heading_wrapping_a_block_keeps_its_text(tmp_path):
+    """CMS exports write ``<h3><div>…</div></h3>``: the block inside the heading is part of it,
+    not the start of a body that ends the heading before its text."""
+    (tmp_path / "cms.html").write_text("<h2>Old</h2><p>x</p><h3><div class='t'>Inner heading"
+                                       "</div></h3><p>after</p><h2><p>Wrapped</p></h2><p>end</p>")
+    docs, _ = read(tmp_path)
+    assert docs["cms.html"].sections == [("Old", "x"), ("Inner heading", "after"),
+                                         ("Wrapped", "end")]
 
 
 def test_only_the_first_page_title_outside_svg_is_the_title(tmp_path):

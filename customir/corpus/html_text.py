@@ -69,7 +69,10 @@ class _HTMLText(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         if tag in _ENDS_HEADING:
-            self._end_heading()
+            # a block inside a heading that has no text yet wraps it (``<h2><div>Intro</div>``);
+            # after its text, it starts the body of a heading left unclosed
+            if tag in _HEADINGS or tag == "body" or "".join(self._heading or ()).strip():
+                self._end_heading()
             self._end_title()
         self._in.append(tag)
         if tag in _HEADINGS:

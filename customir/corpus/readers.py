@@ -288,8 +288,8 @@ def read_email(path: Path, rel: str, config: IngestConfig) -> Iterator[Document 
     for part in parts:
         try:
             texts.append(_email_part_text(part))
-        except (LookupError, ValueError) as exc:  # an unknown charset, a broken encoding
-            errors.append(exc)
+        except (LookupError, ValueError, SkipFile) as exc:  # an unknown charset, a broken
+            errors.append(exc)                                # encoding, unparseable HTML
     if not texts:
         raise SkipFile("undecodable_text", f"e-mail body: {errors[0]}")
     yield Document(rel, rel, subject, [(None, "\n\n".join(texts))], "utf-8",

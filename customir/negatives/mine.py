@@ -7,8 +7,8 @@ another node than the driver's, from a copy: :mod:`customir.node_files`); actors
 batches of queries at a time (one batched search, one batched scoring of the positives). A
 query's positives are every chunk that the same query text was written for (multi-hop queries
 have several); the margin is taken from the weakest. The search asks for ``top_k`` chunks plus
-as many as selection passes over (the positives and, by default, every chunk of their
-documents), so a long positive document does not use up the candidates.
+as many as selection passes over (the positives and, by default, the chunks of their documents,
+up to ``2 × top_k`` of them), so a long positive document does not use up the candidates.
 
 An inverse-cloze query's positive is its chunk *without* the query sentence (``positive_text``),
 so its margin is measured against that text, not against the indexed chunk that holds the query
@@ -96,11 +96,14 @@ class CandidateMiner:
         return Positives(ids, rows, [text for _, text in pairs])
 
     def _excluded(self, positives: Positives) -> int:
-        """How many chunks selection passes over for these positives: themselves and, by
-        default, every chunk of their documents."""
+        """How many chunks selection may pass over for these positives: themselves and, by
+        default, the chunks of their documents — at most ``2 × top_k`` of those, since one
+        book-length document would otherwise widen the search of its whole batch."""
+        own = len(set(positives.ids))
         if not self.config.exclude_same_document:
-            return len(set(positives.ids))
-        return sum(self.chunks_per_doc[d] for d in {self.doc_ids[r] for r in positives.rows})
+            return own
+        chunks = sum(self.chunks_per_doc[d] for d in {self.doc_ids[r] for r in positives.rows})
+        return min(chunks, own + 2 * self.config.top_k)
 
     def _positive_scores(self, queries: list[str], positives: list[Positives],
                          found, found_scores) -> list[list[float | None]]:

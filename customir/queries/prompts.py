@@ -207,15 +207,14 @@ def parse_json_reply(reply: Completion) -> dict:
     return data
 
 
-# "Reply only with X" is an order when it opens a sentence or follows an address to the model;
-# mid-sentence it is prose ("tumours that respond only to high doses").
-_ORDER_TO_REPLY = (r"(?:(?:please|now|just)\W+)?(?:reply|respond|answer|output|write|say)\b"
-                   r"[^.!?\n]{0,20}\b(?:only|exactly|with the words?)\b")
-_ADDRESS_TO_MODEL = r"\b(?:ai|assistant|chatbot|llm|model)s?\s*[,:]\s*"
+# "Reply only with X" is an order wherever it stands; "tumours that respond only to high
+# doses" is prose: the word after "only" / "exactly" tells them apart.
+_PROSE_AFTER = r"(?!\s+(?:to|when|if|as|in|for|after|before|at|on|by|partially|weakly)\b)"
 _INSTRUCTION = re.compile(
     r"\b(ignore|disregard|forget)\b[^.!?\n]{0,60}\b(instructions?|prompt|rules|above|previous)\b"
     r"|\b(you are now|act as|system prompt|new instructions?)\b"
-    rf"|(?:^\W*|{_ADDRESS_TO_MODEL}){_ORDER_TO_REPLY}",
+    r"|\b(reply|respond|answer|output|write|say)\b[^.!?\n]{0,20}\b(only|exactly|with the words?)\b"
+    + _PROSE_AFTER,
     re.IGNORECASE)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _WORDS = re.compile(r"\w{3,}")
