@@ -46,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     _common(p)
 
-    for name, source, help_ in (("generate", "chunks", "RUN_DIR/chunks → RUN_DIR/queries"),
-                                ("mine", "queries", "RUN_DIR/queries → RUN_DIR/candidates"),
-                                ("verify", "candidates", "RUN_DIR/candidates → RUN_DIR/triples"),
-                                ("train", "triples", "RUN_DIR/triples → RUN_DIR/train/model")):
+    for name, help_ in (("generate", "RUN_DIR/chunks → RUN_DIR/queries"),
+                        ("mine", "RUN_DIR/queries → RUN_DIR/candidates"),
+                        ("verify", "RUN_DIR/candidates → RUN_DIR/triples"),
+                        ("train", "RUN_DIR/triples → RUN_DIR/train/model")):
         p = sub.add_parser(name, help=help_)
+        source = SOURCE_ARG[name]
         p.add_argument(source, help=f"the {source} stage folder")
         if name != "generate":
             p.add_argument("--chunks", required=True, help="the chunks stage folder")
@@ -166,6 +167,9 @@ def _dispatch(args) -> int:
 
 STAGE_PATH_ARGS = ("out", "docs", "chunks", "queries", "candidates", "triples", "train_dir",
                    "model_dir", "train")
+# each stage command's positional argument (the others are --options)
+SOURCE_ARG = {"ingest": "docs", "generate": "chunks", "mine": "queries", "verify": "candidates",
+              "train": "triples", "evaluate": "train_dir", "export": "model_dir"}
 
 
 def _local_paths_only(args) -> None:
@@ -174,7 +178,7 @@ def _local_paths_only(args) -> None:
     for name in STAGE_PATH_ARGS:
         value = getattr(args, name, None)
         if isinstance(value, str) and "://" in value:
-            flag = name if name in ("docs", "train_dir", "model_dir") else f"--{name}"
+            flag = name if SOURCE_ARG.get(args.command) == name else f"--{name}"
             raise ValueError(f"{args.command} {flag} {value}: stage commands take local folders; "
                              "for object storage run the pipeline with `customir run CONFIG` "
                              "and `run_dir: s3://…` (or `--only STAGE`)")

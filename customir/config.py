@@ -39,6 +39,8 @@ class _Section(BaseModel):
             value = getattr(self, name)
             if isinstance(value, _Section):
                 data[name] = value.hashed_settings()
+            elif isinstance(value, list) and any(isinstance(v, _Section) for v in value):
+                data[name] = [v.hashed_settings() for v in value]
         return data
 
     def config_hash(self) -> str:
@@ -451,6 +453,10 @@ class TrainConfig(_Section):
 
 
 class BeirEvalConfig(_Section):
+    # the files' contents are the evaluate stage's inputs (fingerprinted); where they lie is not
+    # a setting, so moving the checkout or the config reruns nothing
+    _unhashed: ClassVar[frozenset[str]] = frozenset({"queries", "qrels"})
+
     queries: str = Field(description="Path to a BEIR queries.jsonl.")
     qrels: str = Field(description="Path to a BEIR qrels .tsv (query-id, corpus-id, score).")
     name: str = Field("beir", min_length=1, description="Name of this evaluation set in the "
@@ -700,9 +706,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:  # one line: the CLI shows it without a traceback
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})"
+                              ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         _resolve_paths(data, path.resolve().parent)

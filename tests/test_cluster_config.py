@@ -48,9 +48,12 @@ def test_runtime_env_is_accepted_by_ray(name):
     assert env.env_vars()["HF_HUB_OFFLINE"] == "1"
 
 
-def test_gpu_runtime_env_installs_the_gpu_extra():
+def test_gpu_runtime_env_installs_the_uploaded_checkout_with_the_gpu_extra():
+    """customir is on no package index: the job installs its own working dir, which Ray names
+    in RAY_RUNTIME_ENV_CREATE_WORKING_DIR while it installs (pip expands it)."""
     env = RuntimeEnv(**yaml.safe_load((CLUSTER / "runtime_env_gpu.yaml").read_text()))
-    assert any(p.startswith("customir[gpu]") for p in env.pip_config()["packages"])
+    assert env.pip_config()["packages"] == ["${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}[gpu]"]
+    assert not any("customir" in c for c in launcher_config()["setup_commands"])
 
 
 def test_malformed_runtime_env_is_rejected():

@@ -63,6 +63,31 @@ def test_bad_config_files_name_the_problem(tmp_path, text, message):
         load_config(path)
 
 
+def test_a_yaml_or_encoding_error_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("corpus: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and "line 2" in str(info.value)
+    path.write_bytes(b"corpus: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not UTF-8 text \(byte 11"):
+        load_config(path)
+
+
+def test_where_the_beir_files_lie_is_not_part_of_the_evaluate_hash(tmp_path):
+    """Their contents are the stage's inputs; a moved checkout must not rerun evaluate."""
+    hashes = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "c.yaml").write_text(
+            "evaluate:\n  beir: [{queries: q.jsonl, qrels: t.tsv, name: set}]\n")
+        config = load_config(tmp_path / folder / "c.yaml")
+        assert config.evaluate.beir[0].queries == str(tmp_path / folder / "q.jsonl")
+        hashes.append(config.evaluate.config_hash())
+    renamed = load_config(tmp_path / "a" / "c.yaml", ["evaluate.k_values=[1,10]"])
+    assert hashes[0] == hashes[1] != renamed.evaluate.config_hash()
+
+
 def test_bad_override():
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["train.epochs"])

@@ -63,6 +63,8 @@ def test_a_stage_runs_alone_from_the_cli_and_prints_its_counts(tmp_path, fixture
 
 @pytest.mark.parametrize("args, message", [
     (["ingest", "{docs}", "--out", "s3://bucket/run"], "stage commands take local folders"),
+    (["train", "s3://b/t", "--chunks", "{empty}", "--out", "{tmp}/run"], "train triples s3://"),
+    (["mine", "{empty}", "--chunks", "s3://b/c", "--out", "{tmp}/run"], "mine --chunks s3://"),
     (["mine", "{empty}", "--chunks", "{empty}", "--out", "{tmp}/run"], "not a stage folder"),
     (["ingest", "{docs}", "--out", "{tmp}/run", "--set", "evaluate.beir=[5]"], "beir"),
     (["ingest", "{docs}", "--out", "{tmp}/run", "--set", "train.epochs=["], "not valid YAML"),
