@@ -129,7 +129,7 @@ def main() -> None:
 
         llm = Llama(model_path=str(resolve_gguf(args.model)), n_ctx=config.llm.n_ctx,
                     n_threads=os.cpu_count(), verbose=False, seed=0)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": dict(WORKER_ENV)})
     size = -(-chunks.num_rows // args.blocks)
     stage = {"tokens": 0, "prompt_tokens": 0, "seconds": 0.0, "requests": 0}

@@ -166,7 +166,7 @@ def default_run(args) -> dict:
     write_queries(run_dir, rows)
     texts = [r["query"] for r in rows]
     say(f"{len(chunks['chunk_id'])} chunks, {len(rows)} queries")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     figures: dict = {"benchmark": "mining", "chunks": len(chunks["chunk_id"]),
                      "queries": len(rows), "top_k": args.top_k, "cpus": os.cpu_count()}
@@ -306,8 +306,9 @@ def scale_run(args) -> dict:
                         batch_size=2048)
     with PeakMemory() as memory:
         corpus = scale_corpus(work, args.scale_chunks, phases)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
         say("ingesting")
         with phases.phase("ingest", run_dir / "chunks"):
             ingest.run(corpus, run_dir, IngestConfig(min_chunk_tokens=8))
