@@ -280,10 +280,10 @@ def validate_query(value, passages: list[str], max_words: int) -> str:
     """
     if not isinstance(value, str) or not value.strip():
         raise ReplyError("missing", f"no text for this query: {value!r}")
-    if whole_characters(value) != value:  # a "\ud83d" escape: half a character, unwritable
-        raise ReplyError("bad_unicode", f"holds half a character: {value!r}")
-    if "\ufffd" in value:  # what the answering UDF makes of an endpoint's half character
-        raise ReplyError("bad_unicode", f"holds a replacement character: {value!r}")
+    # half a character (a "\ud83d" escape, unwritable) or the U+FFFD the answering UDF made of
+    # an endpoint's one
+    if "\ufffd" in whole_characters(value):
+        raise ReplyError("bad_unicode", f"holds a broken character: {value!r}")
     query = " ".join(value.split())
     words = word_count(query)
     if words > max_words:
