@@ -33,12 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole pipeline from a config file")
     p.add_argument("config", help="YAML config (see examples/local.yaml)")
-    p.add_argument("--serve", action="store_true", help="keep serving the model afterwards")
+    # One stage alone neither serves nor checks the server: the flags exclude each other.
+    whole_or_one = p.add_mutually_exclusive_group()
+    whole_or_one.add_argument("--serve", action="store_true",
+                              help="keep serving the model afterwards")
+    whole_or_one.add_argument("--only", metavar="STAGE", help="run this one stage on the "
+                              "config's run folder (its inputs are the earlier stages' folders "
+                              "there) and print a one-line JSON summary; see jobs/stage.py")
     p.add_argument("--no-serve-check", action="store_true",
                    help="skip the final check that starts the server and embeds through it")
-    p.add_argument("--only", metavar="STAGE", help="run this one stage on the config's run "
-                   "folder (its inputs are the earlier stages' folders there) and print a "
-                   "one-line JSON summary; see jobs/stage.py")
     _common(p, config_required=True)
 
     p = sub.add_parser("ingest", help="documents folder → RUN_DIR/chunks")

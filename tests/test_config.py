@@ -174,3 +174,15 @@ def test_an_unknown_stage_is_one_clear_line_and_exit_2(tmp_path):
         assert out.stderr.count("\n") == 1 and "ingest" in out.stderr and "export" in out.stderr
         assert "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_run_only_one_stage_refuses_serve():
+    """`run --only STAGE --serve` used to run the stage and silently not serve."""
+    from customir.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["run", "x.yaml", "--only", "export", "--serve"])
+    assert exit_.value.code == 2
+    assert parser.parse_args(["run", "x.yaml", "--only", "export"]).only == "export"
+    assert parser.parse_args(["run", "x.yaml", "--serve"]).serve

@@ -70,17 +70,45 @@ def test_without_the_same_document_rule_only_the_positives_widen_the_search(tmp_
     assert row["candidate_chunk_ids"] == ["long#1", "long#2"]
 
 
-def test_inverse_cloze_on_bm25_is_not_mined_and_counted(tmp_path):
+def test_inverse_cloze_margin_on_bm25_uses_the_training_positive(tmp_path):
     """The indexed chunk holds the query sentence word for word, so its BM25 score says nothing
-    about the training positive (the chunk without that sentence), and bm25s keeps no corpus
-    statistics to score another text: such a row gets no hard negatives, and is counted."""
+    about the training positive (the chunk without that sentence): the margin is the positive
+    text's own score, here 0 (no term in common), so every lexical candidate is over it."""
     ict, plain = _query(ICT_QUERY, "a#0", ICT_POSITIVE), _query("cyclooxygenase", "b#0")
     miner = _miner(tmp_path, ICT_CHUNKS, [ict, plain])
     ict_row, plain_row = _mine(miner, [ict, plain])
-    assert ict_row["candidate_chunk_ids"] == [] and ict_row["positive_score"] is None
+    chunk_score = float(miner.index.score([ICT_QUERY], [0])[0])
+    assert ict_row["positive_score"] == 0.0 < chunk_score
+    assert ict_row["candidate_chunk_ids"] == [] and ict_row["n_over_margin"] >= 1  # b#0 at least
     assert ict_row["skip_reason"] is None  # still a training row (in-batch negatives)
     assert plain_row["positive_score"] > 0 and plain_row["candidate_chunk_ids"] == ["a#0"]
     counts = mining_counts(pa.Table.from_pylist([ict_row, plain_row]), miner.config)
+    assert counts["inverse_cloze_not_mined"] == 0
+
+
+def test_score_texts_of_the_bm25_index_matches_its_indexed_scores(tmp_path):
+    """A chunk's text scored as a text gets the score the index holds for that chunk."""
+    index = _miner(tmp_path, ICT_CHUNKS, []).index
+    rows = list(range(len(ICT_CHUNKS)))
+    for query in (ICT_QUERY, "aspirin platelet platelet", "doses"):
+        queries = [query] * len(rows)
+        np.testing.assert_allclose(index.score_texts(queries, list(ICT_CHUNKS.values())),
+                                   index.score(queries, rows), rtol=1e-5)
+
+
+def test_inverse_cloze_on_an_index_without_its_average_length_is_not_mined(tmp_path):
+    """An index saved before it kept the average chunk length cannot score a text: with a
+    margin, such a row gets no hard negatives, and is counted."""
+    config = MineConfig()
+    build_index(list(ICT_CHUNKS.values()), tmp_path, config)
+    (tmp_path / "bm25s" / "customir.json").unlink()
+    table = pa.table({"chunk_id": list(ICT_CHUNKS),
+                      "doc_id": [c.split("#")[0] for c in ICT_CHUNKS]})
+    ict = _query(ICT_QUERY, "a#0", ICT_POSITIVE)
+    miner = CandidateMiner(table, pa.Table.from_pylist([ict], schema=QUERIES), tmp_path, config)
+    (row,) = _mine(miner, [ict])
+    assert row["candidate_chunk_ids"] == [] and row["positive_score"] is None
+    counts = mining_counts(pa.Table.from_pylist([row]), miner.config)
     assert counts["inverse_cloze_not_mined"] == counts["queries_without_candidates"] == 1
 
 
@@ -88,7 +116,7 @@ def test_inverse_cloze_without_a_margin_is_mined_on_bm25(tmp_path):
     ict = _query(ICT_QUERY, "a#0", ICT_POSITIVE)
     miner = _miner(tmp_path, ICT_CHUNKS, [ict], relative_margin=None)
     (row,) = _mine(miner, [ict])
-    assert row["candidate_chunk_ids"][0] == "b#0" and row["positive_score"] is None
+    assert row["candidate_chunk_ids"][0] == "b#0" and row["positive_score"] == 0.0
     assert mining_counts(pa.Table.from_pylist([row]), miner.config)[
         "inverse_cloze_not_mined"] == 0
 

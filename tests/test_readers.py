@@ -218,3 +218,17 @@ def test_markdown_headings_keep_a_trailing_hash_and_tilde_fences_hide_comments(t
     docs, _ = read(tmp_path)
     assert [h for h, _ in docs["a.md"].sections] == ["Title", "Using C#", "Closed"]
     assert "# a shell comment" in docs["a.md"].sections[1][1]
+
+
+@pytest.mark.parametrize("text, encoding", [
+    ("Исследование показало, что уровень белка в крови снизился у пациентов.", "cp1251"),
+    ("Исследование показало, что уровень белка в крови снизился у пациентов.", "koi8_r"),
+    ("Η μελέτη έδειξε ότι τα επίπεδα πρωτεΐνης μειώθηκαν σημαντικά.", "cp1253"),
+])
+def test_an_undeclared_non_latin_code_page_is_detected(tmp_path, text, encoding):
+    """Read as Windows-1252 such a file used to become mojibake ('Èññëåäîâàíèå ...')."""
+    (tmp_path / "doc.txt").write_bytes(text.encode(encoding))
+    (tmp_path / "fr.txt").write_bytes("Ça a été très éprouvé à l'été, dit-elle.".encode("cp1252"))
+    docs, _ = read(tmp_path)
+    assert (text_of(docs["doc.txt"]), docs["doc.txt"].encoding) == (text, encoding)
+    assert docs["fr.txt"].encoding == "cp1252"

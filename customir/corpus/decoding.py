@@ -2,7 +2,9 @@
 
 UTF-8 first; UTF-16 with a byte-order mark; an encoding the file declares (an HTML ``<meta>``);
 UTF-8 with the odd invalid byte replaced (and counted) when the rest is UTF-8; else
-Windows-1252 when that reads as text. Binary data is a :class:`SkipFile`.
+Windows-1252 when that reads as text, unless its reading is mostly accented letters — the mark of
+a Cyrillic, Greek, Hebrew or Arabic code page read as Latin — and charset-normalizer finds the
+page. Binary data is a :class:`SkipFile`.
 """
 
 from __future__ import annotations
@@ -53,11 +55,47 @@ def decode_text(data: bytes, what: str = "file", declared: str | None = None) ->
     except UnicodeDecodeError as exc:
         position = exc.start
     decoded = (_decode_declared(data, declared) or _decode_mostly_utf8(data)
-               or _decode_as(data, "cp1252"))
+               or _decode_single_byte(data))
     if decoded is None or _CONTROL_BYTES.search(decoded.text):
         raise SkipFile("undecodable_text", f"byte {position} is not UTF-8, and the {what} is "
                        "not Windows-1252 text either")
     return decoded
+
+
+# Windows code pages (and KOI8-R) of scripts whose letters all lie beyond ASCII: read as
+# Windows-1252 they become runs of accented Latin letters. Latin code pages (1250, 1254, 1257)
+# are left out: telling them from 1252 on a few accents is a guess charset-normalizer gets wrong.
+_NON_LATIN_PAGES = ["cp1251", "koi8_r", "cp1253", "cp1255", "cp1256"]
+_MIN_LETTERS_TO_DETECT = 20  # below this a reading's letters say too little to switch pages
+_MOSTLY_BEYOND_ASCII = 0.5   # French prose is ~4 % accented letters, a 1251 text read as 1252 100 %
+
+
+def _decode_single_byte(data: bytes) -> Decoded | None:
+    """Windows-1252, or the non-Latin code page a mostly-accented 1252 reading betrays.
+
+    >>> _decode_single_byte("Исследование показало снижение уровня белка.".encode("cp1251"))
+    Decoded(text='Исследование показало снижение уровня белка.', encoding='cp1251', replaced=0)
+    >>> _decode_single_byte("Ça a été très éprouvé à l'été.".encode("cp1252")).encoding
+    'cp1252'
+    """
+    latin = _decode_as(data, "cp1252")
+    if latin is not None and not _mostly_beyond_ascii(latin.text):
+        return latin
+    other = _detect_non_latin(data)  # also where 1252 fails: 0x81 is Ѓ in 1251, nothing in 1252
+    return other if other is not None and _mostly_beyond_ascii(other.text) else latin
+
+
+def _mostly_beyond_ascii(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    beyond = sum(not c.isascii() for c in letters)
+    return len(letters) >= _MIN_LETTERS_TO_DETECT and beyond >= _MOSTLY_BEYOND_ASCII * len(letters)
+
+
+def _detect_non_latin(data: bytes) -> Decoded | None:
+    import charset_normalizer
+
+    best = charset_normalizer.from_bytes(data, cp_isolation=_NON_LATIN_PAGES).best()
+    return None if best is None else Decoded(str(best), best.encoding)
 
 
 def _decode_as(data: bytes, encoding: str) -> Decoded | None:

@@ -2,11 +2,16 @@
 
 Shared by hard-negative mining and by the BM25 baseline in evaluation, so both rank the same way.
 Chunks are addressed by row number (their order in ``chunks/``). The index can be saved once and
-memory-mapped by every mining worker (:meth:`BM25Index.load`).
+memory-mapped by every mining worker (:meth:`BM25Index.load`). bm25s keeps precomputed scores
+only, so the index also saves its average chunk length (``customir.json``): with it a text that
+is not indexed (an inverse-cloze positive) is scored as if it were (:meth:`BM25Index.score_texts`).
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,8 @@ class BM25Index:
     name = "bm25s"
 
     def __init__(self, texts: list[str] | None, stemmer_language: str | None = "english",
-                 k1: float = 1.5, b: float = 0.75, *, _retriever=None):
+                 k1: float = 1.5, b: float = 0.75, *, _retriever=None,
+                 _average_length: float | None = None):
         import bm25s
 
         self._bm25s = bm25s
@@ -38,15 +44,21 @@ class BM25Index:
             tokens = bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer,
                                     show_progress=False)
             _retriever.index(tokens, show_progress=False)
+            _average_length = float(np.mean([len(ids) for ids in tokens.ids])) if texts else None
         self._retriever = _retriever
         self._searched: dict[str, list[int]] = {}  # token ids of the last searched batch
         self._vocab = _retriever.vocab_dict
         self.size = int(_retriever.scores["num_docs"])
+        self.average_length = _average_length
+        # an index saved without its average length (before customir.json) scores chunks only
+        self.score_texts = self._score_texts if _average_length else None
 
     # -- persistence: build once, memory-map in every worker --------------------------------
     def save(self, directory: str | Path) -> None:
         self._retriever.save(str(directory), show_progress=False)
         (Path(directory) / "stemmer.txt").write_text(self.stemmer_language or "")
+        (Path(directory) / "customir.json").write_text(
+            json.dumps({"average_length": self.average_length}))
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True) -> "BM25Index":
@@ -54,7 +66,9 @@ class BM25Index:
 
         retriever = bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False)
         stemmer = (Path(directory) / "stemmer.txt").read_text() or None
-        return cls(None, stemmer, _retriever=retriever)
+        extra = Path(directory) / "customir.json"
+        average = json.loads(extra.read_text())["average_length"] if extra.exists() else None
+        return cls(None, stemmer, _retriever=retriever, _average_length=average)
 
     # -- one query ---------------------------------------------------------------------------
     def _token_ids(self, query: str) -> list[int]:
@@ -128,5 +142,29 @@ class BM25Index:
                 at = start + int(np.searchsorted(indices[start:end], row))
                 if at < end and indices[at] == row:
                     total += float(data[at])
+            out[i] = total
+        return out
+
+    def _score_texts(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        """BM25 score of ``texts[i]`` for ``queries[i]`` as if the text were one more chunk of
+        the index (its own length; the corpus's document frequencies and average length):
+        Lucene's ``idf · tf / (tf + k1 · (1 − b + b · len / avg))``, as bm25s computes it.
+        An indexed chunk's text scores what :meth:`score` reads for it."""
+        retriever = self._retriever
+        indptr = np.asarray(retriever.scores["indptr"])
+        k1, b, n = retriever.k1, retriever.b, self.size
+        words = self._bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer,
+                                     return_ids=False, show_progress=False)
+        vocab = self._vocab
+        out = np.zeros(len(queries), dtype=np.float32)
+        for i, (ids, text_words) in enumerate(zip(self._batch_token_ids(queries), words)):
+            counts = Counter(vocab[w] for w in text_words if w in vocab)
+            norm = k1 * (1 - b + b * len(text_words) / self.average_length)
+            total = 0.0
+            for token in ids:  # a repeated query word counts again, as in bm25s
+                tf = counts.get(token, 0)
+                if tf:
+                    df = int(indptr[token + 1] - indptr[token])
+                    total += math.log(1 + (n - df + 0.5) / (df + 0.5)) * tf / (tf + norm)
             out[i] = total
         return out

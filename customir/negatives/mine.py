@@ -12,11 +12,12 @@ up to ``2 × top_k`` of them), so a long positive document does not use up the c
 
 An inverse-cloze query's positive is its chunk *without* the query sentence (``positive_text``),
 so its margin is measured against that text, not against the indexed chunk that holds the query
-word for word (a near-paraphrase would pass far under that margin). The dense and hybrid
-backends encode the text (``score_texts``); the BM25 backends score only indexed chunks (bm25s
-keeps precomputed scores, not the average chunk length that scoring another text needs), so
-with a margin such a query is not mined: its ``positive_score`` is null, it has no candidates
-and trains on in-batch negatives, and it is counted in ``extra.inverse_cloze_not_mined``.
+word for word (a near-paraphrase would pass far under that margin). The backends score the text
+itself (``score_texts``: dense and hybrid encode it, bm25s scores it with the corpus's
+statistics); pyserini scores only indexed chunks (as does a bm25s index saved before it kept its
+average chunk length), so there with a margin such a query is not mined: its ``positive_score``
+is null, it has no candidates and trains on in-batch negatives, and it is counted in
+``extra.inverse_cloze_not_mined``.
 
 Balance: ``queries`` (in = out + skipped: positive_not_in_corpus). A query may end up with no
 candidate (all over the margin, or no term in common): it still trains on in-batch negatives and
@@ -87,7 +88,7 @@ class CandidateMiner:
         self.row_of = {cid: i for i, cid in enumerate(self.chunk_ids)}
         self.index_dir = resolve(index)  # on this node
         self.index = open_index(self.index_dir, config)
-        self.score_texts = getattr(self.index, "score_texts", None)  # dense and hybrid only
+        self.score_texts = getattr(self.index, "score_texts", None)  # None: see the docstring
 
     def _positives(self, row: dict) -> Positives:
         pairs = self.positives.get(row["query"], [(row["chunk_id"], row["positive_text"])])
