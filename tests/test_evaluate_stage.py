@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from customir.config import load_config
-from customir.evaluate import evaluate
+from customir.evaluate import details, evaluate
 from customir.evaluate.evaluate import EvalDataError, Manifest
-from customir.manifest import MANIFEST, Balance
+from customir.manifest import MANIFEST, Balance, fingerprint
 from customir.schemas import CHUNKS, TRIPLES
 from customir.train.trainer import SPLIT_FILE
 
@@ -35,9 +35,9 @@ def _write(folder, rows, schema):
     return folder
 
 
-def _manifest(folder, stage, balances, **extra):
+def _manifest(folder, stage, balances, inputs=None, **extra):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).write_text(Manifest(stage, "h", {}, balances, extra).to_json())
+    (folder / MANIFEST).write_text(Manifest(stage, "h", inputs or {}, balances, extra).to_json())
 
 
 @pytest.fixture
@@ -93,15 +93,19 @@ def test_triples_of_another_chunks_folder_are_one_clear_line(folders, tmp_path):
 
 def test_manifests_come_from_the_folders_given_and_the_run_folder(folders):
     """--chunks, --triples and the train folder need not sit in one run folder: their own
-    manifests are read, and generate's and mine's from the run folder."""
+    manifests are read, and generate's and mine's from the run folder (those that made the
+    triples: see tests/test_report_details.py)."""
     chunks, triples, train, run = folders
     _manifest(chunks, "ingest", {"documents": Balance(3, 3, {}), "chunks": Balance(3, 3, {})})
-    _manifest(triples, "verify", {"queries": Balance(4, 4, {})}, method="likelihood")
-    _manifest(train, "train", {"queries": Balance(4, 4, {})})
     _manifest(run / "queries", "generate", {"queries": Balance(4, 4, {})}, kinds={"title": 1})
+    _manifest(run / "candidates", "mine", {"queries": Balance(4, 4, {})},
+              {"queries": fingerprint(run / "queries")})
+    _manifest(triples, "verify", {"queries": Balance(4, 4, {})},
+              {"candidates": fingerprint(run / "candidates")}, method="likelihood")
+    _manifest(train, "train", {"queries": Balance(4, 4, {})})
     _manifest(run / "triples", "verify", {"queries": Balance(99, 99, {})}, method="wrong")
     manifests = evaluate.stage_manifests(run, chunks, triples, train)
-    assert set(manifests) == {"ingest", "generate", "verify", "train"}
+    assert set(manifests) == {"ingest", "generate", "mine", "verify", "train"}
     summary = evaluate.training_data_summary(manifests)
     assert summary["verify"]["method"] == "likelihood"
     assert summary["generate"]["kinds"] == {"title": 1} and "ingest" not in summary
@@ -115,7 +119,7 @@ def test_report_details_read_the_triples_folder_given(folders):
 
 
 def test_the_funnel_counts_queries_with_hard_negatives_not_rows():
-    funnel = dict(evaluate.funnel_counts({}, TRIPLE_ROWS))
+    funnel = dict(details.funnel_counts({}, TRIPLE_ROWS))
     assert funnel["queries with hard negatives"] == 2  # "a and b" (two rows) and "only a"
     assert funnel["hard negatives kept"] == 4
 

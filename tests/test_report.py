@@ -88,3 +88,24 @@ def test_no_query_set_at_all_still_writes_a_report(tmp_path):
     write_report(tmp_path, {})
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
     assert not (tmp_path / "report.png").exists()
+
+
+def test_markdown_escapes_html_in_corpus_text(tmp_path):
+    """A markdown viewer renders raw HTML: a query from the corpus must not become an element."""
+    examples = [{"kind": "question", "query": "what is x?\r| injected | row |", "positive": "p",
+                 "negatives": []},
+                {"kind": "heading", "query": "<img src=x onerror=alert(1)>",
+                 "positive": "if a<b & c>d", "negatives": ["<!-- start"]}]
+    markdown = write_report(tmp_path, {"s": {"n_queries": 1, "results": {"bm25": METRICS}}},
+                            details={"examples": examples})
+    assert "<img" not in markdown and "<!--" not in markdown and "\r" not in markdown
+    assert "| &lt;img src=x onerror=alert(1)&gt; | if a&lt;b &amp; c&gt;d | &lt;!-- start |" \
+        in markdown
+
+
+def test_the_funnel_says_which_stages_it_does_not_count(tmp_path):
+    note = "Not counted: generate, mine (no manifest of theirs that made these triples)."
+    markdown = write_report(tmp_path, {}, details={"funnel": [("chunks", 3)],
+                                                   "funnel_note": note})
+    assert f"| chunks | 3 |\n\n{note}" in markdown
+    assert f"<p>{note}</p>" in (tmp_path / "report.html").read_text()

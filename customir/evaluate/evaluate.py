@@ -16,7 +16,7 @@ import csv
 import json
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from customir.config import COMPARED_CUT_OFF, SYNTHETIC_SET, BeirEvalConfig, EvaluateConfig, \
     MineConfig
 from customir.corpus.readers import whole_characters
+from customir.evaluate.details import report_details, stage_manifests, \
+    training_data_summary
 from customir.evaluate.metrics import Qrels, mean_metrics, paired_randomization_test, \
     per_query_metrics
 from customir.evaluate.report import write_report
@@ -227,128 +229,6 @@ def check_something_to_evaluate(test: TestSet, judged_sets: list[JudgedSet],
             f"the {test.test_docs} test documents of {train_dir / SPLIT_FILE}, and "
             "evaluate.beir names no set; add a BEIR set or hold out more documents "
             "(train.split)")
-
-
-def stage_manifests(run_dir: Path, chunks_dir: Path, triples_dir: Path,
-                    train_dir: Path) -> dict[str, Manifest]:
-    """The manifests of the stages before this one, from the folders this stage was given
-    (chunks, triples, train) and, for the stages it does not read (generate, mine), from their
-    folders in ``run_dir``; a stage whose manifest is missing or unreadable is left out."""
-    from customir.pipeline import STAGE_FOLDERS, STAGES
-
-    given = {"ingest": chunks_dir, "verify": triples_dir, "train": train_dir}
-    manifests = {}
-    for stage in STAGES[:STAGES.index("train") + 1]:
-        try:
-            manifests[stage] = Manifest.read(given.get(stage, run_dir / STAGE_FOLDERS[stage]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return manifests
-
-
-N_EXAMPLES, MAX_SCORED_QUERIES = 10, 500
-
-
-def report_details(triples_dir: Path, manifests: dict[str, Manifest], test: TestSet,
-                   models: dict, cache: dict, batch_size: int, seed: int = 13) -> dict:
-    """What the report shows besides the metrics: the funnel of counts, wall time per stage,
-    query kinds and lengths, example queries, and positive vs hard-negative cosines under each
-    model (on held-out queries where the split has enough). ``manifests``: the earlier stages'
-    (:func:`stage_manifests`)."""
-    triples = read_table(triples_dir, TRIPLES).select(
-        ["query_id", "query", "kind", "chunk_id", "negative_chunk_ids"]).to_pylist()
-    distinct = {(t["query"], t["kind"]): t for t in triples}
-    with_negatives = [t for t in triples if t["negative_chunk_ids"]]
-    funnel = funnel_counts(manifests, triples)
-
-    lengths: dict[str, list[int]] = defaultdict(list)
-    for query, kind in distinct:
-        lengths[kind].append(len(query.split()))
-
-    examples = example_queries(with_negatives or triples, test.corpus, seed)
-    test_chunks = {c for rel in test.qrels.values() for c in rel}
-    held_out = [t for t in with_negatives if t["chunk_id"] in test_chunks]
-    from_held_out = len(held_out) >= 20
-    scored = sorted(held_out if from_held_out else with_negatives,
-                    key=lambda t: t["query_id"])[:MAX_SCORED_QUERIES]
-    scores = {}
-    if scored:
-        row = {c: i for i, c in enumerate(test.corpus)}
-        for name, model in models.items():
-            q = model.encode([t["query"] for t in scored], batch_size=batch_size,
-                             normalize_embeddings=True, convert_to_numpy=True)
-            p = cache[name]
-            scores[name] = {
-                "positive": [float(q[i] @ p[row[t["chunk_id"]]]) for i, t in enumerate(scored)],
-                "negative": [float(q[i] @ p[row[c]]) for i, t in enumerate(scored)
-                             for c in t["negative_chunk_ids"]]}
-    return {"funnel": funnel,
-            "stage_seconds": {stage: round(m.seconds, 1) for stage, m in manifests.items()},
-            "query_kinds": dict(sorted(Counter(kind for _, kind in distinct).items())),
-            "query_lengths": dict(lengths), "examples": examples, "scores": scores,
-            "scores_note": (f"cos(query, positive) vs cos(query, hard negative) for "
-                            f"{len(scored)} " + ("held-out test queries" if from_held_out else
-                                                 "queries incl. trained ones (< 20 held out)")
-                            + ", before (base) and after (tuned) training")}
-
-
-def example_queries(triples: list[dict], corpus: dict[str, str], seed: int) -> list[dict]:
-    """Up to N_EXAMPLES rows, the kinds taking turns, each with its positive and first two hard
-    negatives clipped for the report; a seeded draw within each kind."""
-    import random
-
-    rng = random.Random(seed)
-    by_kind: dict[str, list[dict]] = defaultdict(list)
-    for t in sorted(triples, key=lambda t: t["query_id"]):
-        by_kind[t["kind"]].append(t)
-    for rows in by_kind.values():
-        rng.shuffle(rows)
-    examples, kinds = [], sorted(by_kind)
-    while len(examples) < N_EXAMPLES and any(by_kind.values()):
-        for kind in kinds:
-            if by_kind[kind] and len(examples) < N_EXAMPLES:
-                t = by_kind[kind].pop()
-                examples.append({"kind": kind, "query": t["query"],
-                                 "positive": _clip(corpus.get(t["chunk_id"], ""), 300),
-                                 "negatives": [_clip(corpus.get(c, ""), 200)
-                                               for c in t["negative_chunk_ids"][:2]]})
-    return examples
-
-
-def funnel_counts(manifests: dict[str, Manifest], triples: list[dict]) -> list[tuple[str, int]]:
-    """(label, count) per step, from the stage manifests and the triples' rows. A multi-hop
-    question has a row (and a query id) per supporting chunk: queries are counted by text and
-    kind, as the report's query kinds are."""
-    funnel = []
-    if m := manifests.get("ingest"):
-        funnel += [("documents read", m.balances["documents"].n_in),
-                   ("documents ingested", m.balances["documents"].n_out),
-                   ("chunks", m.balances["chunks"].n_out)]
-    if m := manifests.get("generate"):
-        funnel.append(("queries kept (rows)", m.balances["queries"].n_out))
-    if m := manifests.get("mine"):
-        funnel.append(("candidates after the margin", int(m.extra.get("candidates", 0))))
-    with_negatives = {(t["query"], t["kind"]) for t in triples if t["negative_chunk_ids"]}
-    funnel += [("queries with hard negatives", len(with_negatives)),
-               ("hard negatives kept", sum(len(t["negative_chunk_ids"]) for t in triples))]
-    if m := manifests.get("train"):
-        funnel.append(("training rows", m.balances["queries"].n_out))
-    return funnel
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"
-
-
-def training_data_summary(manifests: dict[str, Manifest]) -> dict:
-    """What the model was trained on, from the stage manifests (:func:`stage_manifests`):
-    queries per kind, mining and verification counts (the share of checked candidates the LLM
-    dropped as false negatives)."""
-    return {stage: {"balances": {unit: {"in": b.n_in, "out": b.n_out, "skipped": b.skipped}
-                                 for unit, b in manifest.balances.items()},
-                    **manifest.extra}
-            for stage, manifest in manifests.items()
-            if stage in ("generate", "mine", "verify", "train")}
 
 
 def check_beir_files(config: EvaluateConfig) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -108,9 +109,10 @@ def write_report(out_dir: Path, sets: dict[str, dict], training_data: dict | Non
 
     ``sets``: {set name: {"n_queries", "results": {system: metrics}, "comparisons": [...]}};
     ``training_data``: stage counts (see :func:`training_data_lines`); ``details`` (all optional):
-    ``funnel`` [(label, count)], ``stage_seconds`` {stage: s}, ``query_kinds`` {kind: n},
-    ``query_lengths`` {kind: [words]}, ``examples`` [{kind, query, positive, negatives}],
-    ``scores`` {model: {"positive": [...], "negative": [...]}}. Returns the markdown."""
+    ``funnel`` [(label, count)], ``funnel_note`` (the stages it lacks), ``stage_seconds``
+    {stage: s}, ``query_kinds`` {kind: n}, ``query_lengths`` {kind: [words]}, ``examples``
+    [{kind, query, positive, negatives}], ``scores`` {model: {"positive": [...],
+    "negative": [...]}}. Returns the markdown."""
     from customir.evaluate import figures
 
     details = details or {}
@@ -167,6 +169,17 @@ def _stats(values: list[float]) -> dict:
                                   "median": round(float(np.median(v)), 4)} if v.size else {})}
 
 
+def markdown_cell(text: str) -> str:
+    """Corpus text as one markdown table cell: a "|" or a line break (a lone "\\r" too) would
+    end the cell or the row, and ``<``, ``>``, ``&`` would reach a markdown viewer as raw HTML
+    (a passage holding ``<img onerror=...>`` would run script).
+
+    >>> markdown_cell("a | b <img src=x onerror=alert(1)>\\r\\n&c")
+    'a \\\\| b &lt;img src=x onerror=alert(1)&gt; &amp;c'
+    """
+    return " ".join(html.escape(text, quote=False).replace("|", "\\|").splitlines())
+
+
 def detail_lines(summary: dict) -> list[str]:
     """Funnel, stage times and score summary as markdown.
 
@@ -177,16 +190,16 @@ def detail_lines(summary: dict) -> list[str]:
     if funnel := summary.get("funnel"):
         lines += ["## Funnel", "", "| step | count |", "|---|---|",
                   *(f"| {label} | {count:,} |" for label, count in funnel), ""]
+        lines += [summary["funnel_note"], ""] if summary.get("funnel_note") else []
     if seconds := summary.get("stage_seconds"):
         lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|",
                   *(f"| {stage} | {s:,.1f} |" for stage, s in seconds.items()),
                   f"| total | {sum(seconds.values()):,.1f} |", ""]
     if examples := summary.get("examples"):
-        cell = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731
         lines += ["## Example training queries", "", "| kind | query | positive | hard negative |",
                   "|---|---|---|---|",
-                  *(f"| {e['kind']} | {cell(e['query'])} | {cell(e['positive'])} "
-                    f"| {cell(e['negatives'][0]) if e['negatives'] else '-'} |"
+                  *(f"| {e['kind']} | {markdown_cell(e['query'])} | {markdown_cell(e['positive'])} "
+                    f"| {markdown_cell(e['negatives'][0]) if e['negatives'] else '-'} |"
                     for e in examples), ""]
     if scores := summary.get("score_summary"):
         lines += ["## Positive vs negative scores (cosine)", "",
@@ -252,6 +265,8 @@ def html_report(sets: dict, training_data: dict, summary: dict,
              f"{d['positive']['n']} + {d['negative']['n']}"] for m, d in scores.items()]))
     if funnel := summary.get("funnel"):
         body["funnel"].append(table(["step", "count"], [[k, f"{v:,}"] for k, v in funnel]))
+        if note := summary.get("funnel_note"):
+            body["funnel"].append(f"<p>{escape(note)}</p>")
     if examples := summary.get("examples"):
         body["examples"].append(table(["kind", "query", "positive", "hard negatives"], [
             [e["kind"], e["query"], e["positive"], " ‖ ".join(e["negatives"]) or "-"]
@@ -278,12 +293,10 @@ def _plot(path: Path, sets: dict[str, dict]) -> None:
     sets = {name: data for name, data in sets.items() if data["results"]}
     if not sets:
         return
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend stays as it was
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * len(sets), 3.6))
+    axes = fig.subplots(1, len(sets), squeeze=False)
     for ax, (name, data) in zip(axes[0], sets.items()):
         systems = list(data["results"])
         metrics = [m for m in PLOTTED if any(m in r for r in data["results"].values())]
@@ -297,4 +310,3 @@ def _plot(path: Path, sets: dict[str, dict]) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
