@@ -96,14 +96,20 @@ class LLMConfig(_Section):
     )
     base_url: str | None = Field(None, description="openai backend: the endpoint's /v1 URL.")
     api_key_env: str = Field(
-        "OPENAI_API_KEY", description="openai backend: environment variable holding the API key."
-    )
-    n_ctx: int = Field(2048, description="llamacpp: context window in tokens.")
-    n_threads: int | None = Field(None, description="llamacpp: CPU threads (default: all cores).")
-    temperature: float = Field(0.0, description="Sampling temperature for query writing.")
-    max_tokens: int = Field(160, description="Upper bound on tokens generated per reply.")
-    timeout_s: float = Field(120.0, description="openai backend: per-request timeout.")
-    max_retries: int = Field(3, description="openai backend: retries with backoff per request.")
+        "OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="openai backend: the name of the environment variable holding the API key "
+        "(never the key itself).")
+    n_ctx: int = Field(2048, ge=1, description="llamacpp: context window in tokens.")
+    n_threads: int | None = Field(
+        None, ge=1, description="llamacpp: CPU threads (default: all cores).")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature for query writing.")
+    max_tokens: int = Field(160, ge=1, description="Upper bound on tokens generated per reply.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="openai backend: seconds to wait on each network operation of "
+        "a request (connecting, sending, each read of the reply), not on the whole request: a "
+        "reply that keeps trickling in can take longer.")
+    max_retries: int = Field(
+        3, ge=0, description="openai backend: retries with backoff per request.")
     concurrency: int = Field(
         8, description="openai backend: requests in flight at once per worker.", ge=1)
     qps: float | None = Field(
@@ -745,5 +751,9 @@ def _one_line(error, section: str = "") -> str:
         where = ".".join(str(part) for part in ([section] if section else []) + list(
             item["loc"])) or "config"
         got = repr(item.get("input"))
+        if where.endswith("api_key_env"):  # not a variable's name: perhaps a pasted key
+            parts.append(f"{where}: must name an environment variable (letters, digits, _), "
+                         "not hold the key")
+            continue
         parts.append(f"{where}: {item['msg']} (got {got[:60] + '…' if len(got) > 60 else got})")
     return "; ".join(sorted(parts))

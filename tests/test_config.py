@@ -186,3 +186,30 @@ def test_run_only_one_stage_refuses_serve():
     assert exit_.value.code == 2
     assert parser.parse_args(["run", "x.yaml", "--only", "export"]).only == "export"
     assert parser.parse_args(["run", "x.yaml", "--serve"]).serve
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generate.llm.max_retries=-1", "generate.llm.max_retries: Input should be greater than or "
+     "equal to 0"),
+    ("generate.llm.timeout_s=0", "generate.llm.timeout_s: Input should be greater than 0"),
+    ("verify.llm.timeout_s=-5", "verify.llm.timeout_s: Input should be greater than 0"),
+    ("generate.llm.max_tokens=0", "generate.llm.max_tokens: Input should be greater than or "
+     "equal to 1"),
+    ("generate.llm.temperature=-1", "generate.llm.temperature: Input should be greater than or "
+     "equal to 0"),
+    ("verify.llm.n_ctx=0", "verify.llm.n_ctx: Input should be greater than or equal to 1"),
+    ("generate.llm.n_threads=0", "generate.llm.n_threads: Input should be greater than or "
+     "equal to 1"),
+])
+def test_llm_settings_out_of_range_are_a_config_error_naming_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_an_api_key_given_as_the_variable_name_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError, match="generate.llm.api_key_env: must name an environment "
+                       "variable") as error:
+        load_config(None, ["generate.llm.api_key_env=sk-live-abc123"])
+    assert "abc123" not in str(error.value)
+    assert load_config(None, ["generate.llm.api_key_env=MY_KEY_2"]).generate.llm.api_key_env == \
+        "MY_KEY_2"

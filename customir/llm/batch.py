@@ -53,6 +53,23 @@ def error_reply(request_id: str, error: str, attempts: int | None = None) -> dic
             "completion_tokens": 0, "error": error[:500], "attempts": attempts}
 
 
+# What an endpoint answers when asking again cannot help: it refuses the key, the model or the
+# request itself (HTTP 400, 401, 403, 404, 422 as the openai client names them).
+REFUSALS = ("BadRequestError", "AuthenticationError", "PermissionDeniedError", "NotFoundError",
+            "UnprocessableEntityError")
+
+
+def is_refusal(error: str | None) -> bool:
+    """Whether a reply's ``error`` (as :func:`describe_error` wrote it) is a refusal.
+
+    >>> is_refusal("AuthenticationError: Error code: 401 - Incorrect API key provided")
+    True
+    >>> is_refusal("APIConnectionError: Connection error."), is_refusal(None)
+    (False, False)
+    """
+    return bool(error) and error.split(":", 1)[0] in REFUSALS
+
+
 def describe_error(exc: BaseException) -> str:
     """``Type: message``, followed by the cause a client wrapped (its message alone is often
     just "Connection error.").
@@ -129,6 +146,9 @@ def answer_requests(requests: pa.Table, config: LLMConfig, *, batch_size: int,
     """One REPLIES row per request (in any order), on the Ray session already running."""
     if requests.num_rows == 0:
         return REPLIES.empty_table()
+    from customir.llm.protocol import check_llm
+
+    check_llm(config)  # here, not as an actor's death in its __init__ (a remote traceback)
     if config.backend == LLMBackend.vllm:
         from customir.llm.vllm_batch import answer_with_vllm
 

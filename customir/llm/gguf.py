@@ -78,31 +78,66 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_gguf(model: str) -> Path:
-    """A path to a verified GGUF file for ``model`` (a name in EMBEDDED_MODELS or a file path)."""
-    if model not in EMBEDDED_MODELS:
-        path = Path(model).expanduser()
-        if path.is_file():
-            return path
-        raise ModelUnavailable(
-            f"unknown LLM {model!r}: use one of {sorted(EMBEDDED_MODELS)} or a path to a "
-            ".gguf file")
-    spec = EMBEDDED_MODELS[model]
+def _local_gguf(model: str) -> Path:
+    """``model`` as a path to a GGUF file (it is not an embedded model's name)."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    raise ModelUnavailable(
+        f"unknown LLM {model!r}: use one of {sorted(EMBEDDED_MODELS)} or a path to a "
+        ".gguf file")
+
+
+def _verified_copy(spec: EmbeddedModel) -> Path | None:
+    """The joined file in the cache, if it is the one last checked against ``spec.sha256``."""
     target = cache_dir() / f"{spec.name}.gguf"
     stamp = target.with_suffix(".verified")
     if target.is_file() and stamp.is_file():
         stat = target.stat()
         if stamp.read_text() == f"{spec.sha256}:{stat.st_size}:{stat.st_mtime_ns}":
             return target
+    return None
+
+
+def check_gguf(model: str) -> None:
+    """Raise what :func:`resolve_gguf` would for a missing model — an unknown name that is no
+    file, an embedded model whose packages are not installed — without joining or reading it."""
+    if model not in EMBEDDED_MODELS:
+        _local_gguf(model)
+    elif _verified_copy(EMBEDDED_MODELS[model]) is None:
+        _part_files(EMBEDDED_MODELS[model])
+
+
+def _join(parts: list[Path], tmp: Path, spec: EmbeddedModel) -> str:
+    """Concatenate ``parts`` into ``tmp`` and return its sha256; on any failure (a part
+    unreadable, the disk full, Ctrl-C) no partial copy of up to a gigabyte is left behind."""
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while block := fh.read(1 << 24):
+                        out.write(block)
+        return _sha256(tmp)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelUnavailable(f"{spec.name}: could not join parts into {tmp.parent}: "
+                                   f"{exc}") from exc
+        raise
+
+
+def resolve_gguf(model: str) -> Path:
+    """A path to a verified GGUF file for ``model`` (a name in EMBEDDED_MODELS or a file path)."""
+    if model not in EMBEDDED_MODELS:
+        return _local_gguf(model)
+    spec = EMBEDDED_MODELS[model]
+    if (verified := _verified_copy(spec)) is not None:
+        return verified
     parts = _part_files(spec)
+    target = cache_dir() / f"{spec.name}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as fh:
-                while block := fh.read(1 << 24):
-                    out.write(block)
-    digest = _sha256(tmp)
+    digest = _join(parts, tmp, spec)
     if digest != spec.sha256:
         tmp.unlink()
         raise ModelUnavailable(
@@ -110,5 +145,5 @@ def resolve_gguf(model: str) -> Path:
             f"reinstall with: {spec.pip_line()}")
     tmp.replace(target)
     stat = target.stat()
-    stamp.write_text(f"{spec.sha256}:{stat.st_size}:{stat.st_mtime_ns}")
+    target.with_suffix(".verified").write_text(f"{spec.sha256}:{stat.st_size}:{stat.st_mtime_ns}")
     return target

@@ -8,6 +8,7 @@ fixed prefix (few-shot chat for writing, a fixed instruction for scoring).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -17,6 +18,13 @@ from customir.llm.gguf import resolve_gguf
 from customir.llm.protocol import Completion
 
 _INSTALL = "pip install llama-cpp-python==0.3.36   (or: pip install 'customir[embedded]')"
+
+
+def require_llama_cpp() -> None:
+    """Fail with the line to install llama-cpp-python when it is missing (without importing
+    it: the import loads the native library)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ImportError(f"the llamacpp backend needs llama-cpp-python: {_INSTALL}")
 
 
 class LlamaCppLLM:

@@ -52,8 +52,43 @@ class LLM(Protocol):
         ...
 
 
+_VLLM_WRITES_ONLY = ("the vllm backend runs inside Ray Data (customir.llm.vllm_batch) and only "
+                     "writes queries; use llamacpp or openai (e.g. a vLLM server) for scoring")
+
+
+def check_llm(config: LLMConfig, *, scoring: bool = False) -> None:
+    """Raise, as one line, what would stop ``config``'s backend from loading, without loading
+    it: run on the driver before the LLM's Ray actors start (an error in an actor's
+    ``__init__`` reaches the driver as ``ActorDiedError`` with a remote traceback). The driver
+    runs in the job's environment, so the packages it lacks the actors lack too.
+    ``scoring``: the backend must also give log-likelihoods (verify).
+
+    >>> check_llm(LLMConfig(backend="openai"))
+    Traceback (most recent call last):
+    ValueError: llm.base_url is required for the openai backend (e.g. http://localhost:8000/v1)
+    """
+    if config.backend == LLMBackend.openai and not config.base_url:
+        raise ValueError("llm.base_url is required for the openai backend "
+                         "(e.g. http://localhost:8000/v1)")
+    if config.backend == LLMBackend.vllm:
+        if scoring:
+            raise ValueError(_VLLM_WRITES_ONLY)
+        from customir.llm.vllm_batch import require_vllm
+
+        require_vllm()
+    if config.backend == LLMBackend.llamacpp:
+        from customir.llm.gguf import check_gguf
+        from customir.llm.llamacpp import require_llama_cpp
+
+        require_llama_cpp()
+        check_gguf(config.model)
+
+
 def load_llm(config: LLMConfig, *, scoring: bool = False) -> LLM:
     """Build the configured backend. ``scoring=True`` prepares it for log-likelihoods."""
+    if config.backend == LLMBackend.vllm:  # no in-process vLLM: see customir.llm.vllm_batch
+        raise ValueError(_VLLM_WRITES_ONLY)
+    check_llm(config, scoring=scoring)
     if config.backend == LLMBackend.llamacpp:
         from customir.llm.llamacpp import LlamaCppLLM
 
@@ -62,10 +97,6 @@ def load_llm(config: LLMConfig, *, scoring: bool = False) -> LLM:
         from customir.llm.openai_http import OpenAIHttpLLM
 
         return OpenAIHttpLLM(config)
-    if config.backend == LLMBackend.vllm:
-        raise ValueError("the vllm backend runs inside Ray Data (customir.llm.vllm_batch) and "
-                         "only writes queries; use llamacpp or openai (e.g. a vLLM server) for "
-                         "scoring")
     if config.backend == LLMBackend.scripted:
         from customir.llm.scripted import ScriptedLLM
 

@@ -5,6 +5,8 @@ on the cluster's GPUs; Ray applies the model's chat template, batches the rows a
 through. Our part is two pure functions, unit-tested on CPU: :func:`to_vllm_request` turns a
 REQUESTS row into the processor's input (messages + sampling parameters with the reply's JSON
 schema as structured output) and :func:`to_reply` turns its output back into a REPLIES row.
+Our request id travels under :data:`ID_COLUMN`: Ray's engine stage writes its own counter into
+each row's ``request_id`` (-1 for a failed row), over whatever was there.
 
 vLLM is a CUDA-only optional extra (``pip install 'customir[gpu]'``), imported by Ray only when
 the processor runs; without it the stage fails at once with that line.
@@ -21,6 +23,7 @@ from customir.config import LLMConfig
 from customir.llm.batch import REPLIES, error_reply
 
 INSTALL = "pip install 'customir[gpu]'   (vLLM needs a CUDA GPU)"
+ID_COLUMN = "customir_request_id"  # not "request_id": the vLLM engine stage overwrites that
 
 
 def to_vllm_request(row: dict) -> dict:
@@ -29,11 +32,11 @@ def to_vllm_request(row: dict) -> dict:
 
     >>> r = to_vllm_request({"request_id": "a", "messages": '[{"role": "user", "content": "hi"}]',
     ...                      "schema": '{"type": "object"}', "max_tokens": 8, "temperature": 0.0})
-    >>> r["messages"][0]["content"], r["sampling_params"]["structured_outputs"]
-    ('hi', {'json': '{"type": "object"}'})
+    >>> r["messages"][0]["content"], r["sampling_params"]["structured_outputs"], r[ID_COLUMN]
+    ('hi', {'json': '{"type": "object"}'}, 'a')
     """
     return {
-        "request_id": row["request_id"],
+        ID_COLUMN: row["request_id"],
         "messages": json.loads(row["messages"]),
         "max_tokens": row["max_tokens"],
         "sampling_params": {"temperature": float(row["temperature"]),
@@ -46,14 +49,15 @@ def to_reply(row: dict) -> dict:
     """A processor output row (or a failed row, which Ray passes on with
     ``__inference_error__`` set) as a REPLIES row.
 
-    >>> to_reply({"request_id": "a", "generated_text": '{"q": "x"}', "num_input_tokens": 30,
-    ...           "num_generated_tokens": 8, "max_tokens": 8})["finish_reason"]
-    'length'
+    >>> reply = to_reply({ID_COLUMN: "a", "request_id": 0, "generated_text": '{"q": "x"}',
+    ...                   "num_input_tokens": 30, "num_generated_tokens": 8, "max_tokens": 8})
+    >>> reply["request_id"], reply["finish_reason"]
+    ('a', 'length')
     """
     if row.get("__inference_error__"):
-        return error_reply(row["request_id"], f"vLLM: {row['__inference_error__']}")
+        return error_reply(row[ID_COLUMN], f"vLLM: {row['__inference_error__']}")
     generated = int(row.get("num_generated_tokens") or 0)
-    return {"request_id": row["request_id"], "text": row.get("generated_text") or "",
+    return {"request_id": row[ID_COLUMN], "text": row.get("generated_text") or "",
             "finish_reason": "length" if generated >= int(row["max_tokens"]) else "stop",
             "prompt_tokens": int(row.get("num_input_tokens") or 0),
             "completion_tokens": generated, "error": None, "attempts": None}
@@ -85,7 +89,12 @@ def answer_with_vllm(requests: pa.Table, config: LLMConfig, *, batch_size: int) 
 
     processor = build_processor(processor_config(config, batch_size),
                                 preprocess=to_vllm_request, postprocess=to_reply)
-    out = processor(ray.data.from_arrow(requests)).take_all()
+    return replies_table(processor(ray.data.from_arrow(requests)).take_all())
+
+
+def replies_table(rows: list[dict]) -> pa.Table:
+    """REPLIES from the processor's output rows: those :func:`to_reply` made, and the failed
+    rows, which Ray passes on whole (with ``__inference_error__`` set) without postprocessing."""
     return pa.Table.from_pylist([to_reply(r) if r.get("__inference_error__") else
-                                 {k: r.get(k) for k in REPLIES.names} for r in out],
+                                 {k: r.get(k) for k in REPLIES.names} for r in rows],
                                 schema=REPLIES)

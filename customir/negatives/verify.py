@@ -41,6 +41,7 @@ from customir.config import LLMBackend, RayConfig, VerifyConfig, VerifyMethod
 from customir.llm.batch import describe_error, llm_gpus
 from customir.llm.prompts import (build_judge_prompt, build_scoring_prompt, judge_score,
                                   scoring_continuation)
+from customir.llm.protocol import check_llm, load_llm
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.node_files import resolve
 from customir.runtime import map_table, ray_session, split_skips, with_skip_columns
@@ -119,8 +120,6 @@ class NegativeVerifier:
         """``chunks`` (chunk_id, text): a table or an object reference to one (on a cluster
         the actor gets it through Ray, not from the driver's disk); ``to_verify``: the query
         texts to check (:func:`queries_to_verify`)."""
-        from customir.llm.protocol import load_llm
-
         chunks = resolve(chunks).select(["chunk_id", "text"]).to_pydict()
         self.text = dict(zip(chunks["chunk_id"], chunks["text"]))
         self.config = config
@@ -250,6 +249,8 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         f"get LLM checks ({config.llm.model})")
     chunk_table = read_table(chunks_dir, CHUNKS).select(["chunk_id", "text"])
     _check_same_run(candidates, chunk_table, chunks_dir)
+    if to_verify:  # one line before Ray starts, not an LLM actor's death
+        check_llm(config.llm, scoring=True)
     with ray_session(ray_config):
         import ray
 

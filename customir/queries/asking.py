@@ -7,6 +7,9 @@ value fails validation — or whose reply was empty, truncated, not JSON or neve
 asked again in the next round, alone with the other missing keys of its ask, at
 ``retry_temperature`` (a greedy model would repeat its mistake). After ``max_attempts`` rounds the
 key counts as a failure with the last reason. Nothing a reply contains can raise out of here.
+A round whose every request the endpoint refused (a wrong key, an unknown model, a request it
+rejects: :func:`~customir.llm.batch.is_refusal`) ends the asking: the next rounds would be
+refused the same way, as many requests again each.
 
 Two layers of retries, counted apart in :attr:`Answers.usage`: the HTTP backend's client retries
 one request (timeouts, 429, 5xx, bodies that are not JSON: ``http_attempts``, ``http_retries``)
@@ -24,7 +27,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from customir.config import LLMConfig
-from customir.llm.batch import REQUESTS, answer_requests, request_row
+from customir.llm.batch import REQUESTS, answer_requests, is_refusal, request_row
 from customir.llm.protocol import Completion
 from customir.queries.prompts import ReplyError, parse_json_reply
 
@@ -95,6 +98,7 @@ def ask_with_retries(asks: list[Ask], llm: LLMConfig, *, max_attempts: int,
         usage["requests"] += len(rows)
         next_pending: dict[str, list[str]] = {}
         answered = set()
+        refused = 0
         for reply in replies.to_pylist():
             rid = reply["request_id"]
             if rid not in pending or rid in answered:
@@ -106,6 +110,7 @@ def ask_with_retries(asks: list[Ask], llm: LLMConfig, *, max_attempts: int,
                 usage["http_attempts"] += reply["attempts"]
                 usage["http_retries"] += max(reply["attempts"] - 1, 0)
             usage["llm_errors"] += bool(reply["error"])
+            refused += is_refusal(reply["error"])
             if retry := read_reply(by_id[rid], pending[rid], reply, answers):
                 next_pending[rid] = retry
         for rid in set(pending) - answered:  # a lost reply is a failure like any other
@@ -114,6 +119,8 @@ def ask_with_retries(asks: list[Ask], llm: LLMConfig, *, max_attempts: int,
                 usage["rejected"]["no_reply"] = usage["rejected"].get("no_reply", 0) + 1
             next_pending[rid] = pending[rid]
         pending = next_pending
+        if refused == len(rows):  # asking again would be refused again
+            break
     return answers
 
 
