@@ -146,6 +146,9 @@ def test_email_subjects_inverse_cloze_and_the_profile(tmp_path, ray_cluster):
     rows = _queries(tmp_path / "run")
     kinds = Counter(r["kind"] for r in rows)
     assert kinds["subject"] == 1 and kinds["inverse_cloze"] == 1
+    # the e-mail's one sentence gives no pair: counted, not lost
+    assert manifest.balances["queries"].skipped == {"inverse_cloze_no_sentence": 1}
+    assert manifest.extra["per_kind"]["inverse_cloze"]["candidates"] == 2
     assert next(r for r in rows if r["kind"] == "subject")["query"] == "insulin trial dates"
     cloze = next(r for r in rows if r["kind"] == "inverse_cloze")
     assert cloze["positive_text"] and cloze["query"] not in cloze["positive_text"]

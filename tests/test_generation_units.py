@@ -11,13 +11,15 @@ from customir.config import GenerateConfig, LLMConfig
 from customir.llm.batch import REPLIES, REQUESTS, ChatAnswerer, request_row
 from customir.llm.protocol import Completion
 from customir.llm.vllm_batch import processor_config, to_reply, to_vllm_request
-from customir.queries import prompts
+from customir.queries import generate, prompts
 from customir.queries.asking import (Answers, Ask, first_error_when_nothing_answered,
                                      read_reply)
 from customir.queries.filtering import chosen, reject_reason
 from customir.queries.profile import corpus_profile
 from customir.queries.prompts import ReplyError, parse_json_reply, validate_query
 from customir.queries.signals import inverse_cloze_pair, related_chunks, structural_queries
+
+from customir.schemas import CHUNKS
 
 from conftest import PASSAGES
 
@@ -122,6 +124,83 @@ def test_free_signals():
     assert inverse_cloze_pair("One sentence only, nothing else here.", "c#1", 3) is None
     # neighbours come from other documents, one per document, best first
     assert related_chunks(0, [0, 1, 2, 3, 4], ["a", "a", "b", "b", "c"], 2) == [2, 4]
+
+
+@pytest.mark.parametrize("text", [
+    "胰岛素是胰腺分泌的一种激素。它能在健康成年人餐后降低血糖水平。"
+    "缺乏胰岛素会导致儿童患糖尿病。",
+    "インスリンは膵臓で作られるホルモンです。健康な成人では食後の血糖値を下げます。"
+    "不足すると子どもに糖尿病が起こります。",
+    "Инсулин — это гормон поджелудочной железы. Он снижает уровень глюкозы в крови после еды.",
+    "insulin is a hormone made in the pancreas. it lowers blood glucose after meals in adults.",
+], ids=["chinese", "japanese", "russian", "lowercase"])
+def test_inverse_cloze_finds_sentences_in_any_script(text):
+    pair = inverse_cloze_pair(text, "c#0", seed=0)
+    assert pair is not None
+    query, rest = pair
+    assert query in text and query not in rest
+    assert sorted("".join((query + rest).split())) == sorted("".join(text.split()))
+
+
+def test_inverse_cloze_does_not_cut_a_sentence_after_an_abbreviation():
+    first = "Stroke risk fell by a third in the trial as shown in Fig. 2 of the report."
+    second = "It also cut heart attacks in older adults by a fifth."
+    queries = {inverse_cloze_pair(f"{first} {second}", "c#0", seed)[0] for seed in range(12)}
+    assert queries == {first, second}
+
+
+def _chunks(rows: list[tuple[str, str | None, str | None, str]]) -> generate.Chunks:
+    """A chunk table of one chunk per (doc_id, title, heading, text)."""
+    return generate.Chunks(pa.Table.from_pylist(
+        [{"chunk_id": f"{doc}#0", "doc_id": doc, "chunk_index": 0, "source": f"{doc}.pdf",
+          "title": title, "heading": heading, "text": text, "n_tokens": 20}
+         for doc, title, heading, text in rows], schema=CHUNKS))
+
+
+def _free_signals_filtered(chunks: generate.Chunks, **settings) -> list[generate.Candidate]:
+    config = GenerateConfig(kinds={}, multihop=0.0, **settings)
+    candidates = generate.free_signals(chunks, config)
+    generate.filter_each(candidates, chunks, config)
+    return candidates
+
+
+def test_boilerplate_titles_and_headings_are_dropped_and_counted():
+    chunks = _chunks([
+        ("p1", "Statin trial in adults", "Introduction", "Heart disease kills many adults."),
+        ("p2", "Microsoft Word - draft_v3.docx", "Dosing in kidney disease",
+         "Kidney stones affect one in ten people."),
+        ("p3", "Aspirin dose", "2. Materials and Methods", "Aspirin dose"),
+        ("p4", "Kidney stones", "Dosing in kidney disease", "Stones form from calcium salts."),
+        ("p5", "Report.pdf", None, "Stones form less often with more water."),
+    ])
+    candidates = _free_signals_filtered(chunks)
+    verdicts = {(chunks.docs[c.rows[0]], c.kind): c.reason for c in candidates}
+    assert verdicts == {
+        ("p1", "title"): None, ("p1", "heading"): "generic_heading",
+        ("p2", "title"): "file_name_title",
+        # a heading of two documents fits both: neither may keep it (the other would become
+        # its false negative), so it is not a first-come duplicate
+        ("p2", "heading"): "generic_heading", ("p4", "heading"): "generic_heading",
+        ("p3", "title"): "copied_from_passage", ("p3", "heading"): "generic_heading",
+        ("p4", "title"): None, ("p5", "title"): "file_name_title",
+    }
+    skips = generate._skips([], None, candidates, chunks)
+    assert sorted(s["reason"] for s in skips) == sorted(r for r in verdicts.values() if r)
+
+
+def test_a_chunk_without_an_inverse_cloze_sentence_is_counted():
+    chunks = _chunks([("a", None, None, "Insulin is a hormone made in the pancreas. It lowers "
+                                        "blood glucose after meals in healthy adults."),
+                      ("b", None, None, "One sentence only about insulin, nothing else here.")])
+    candidates = _free_signals_filtered(chunks, structural=False, inverse_cloze=1.0)
+    assert [(c.kind, chunks.docs[c.rows[0]], c.reason) for c in candidates] == [
+        ("inverse_cloze", "a", None), ("inverse_cloze", "b", "inverse_cloze_no_sentence")]
+    counts = generate.per_kind_counts([], None, candidates,
+                                      generate.query_rows(candidates, chunks))
+    assert counts["inverse_cloze"]["candidates"] == 2
+    assert counts["inverse_cloze"]["dropped"] == {"inverse_cloze_no_sentence": 1}
+    [skip] = generate._skips([], None, candidates, chunks)
+    assert skip["item"] == "b#0 [inverse_cloze]" and skip["detail"].startswith("One sentence")
 
 
 def test_kind_shares_are_seeded_coins():

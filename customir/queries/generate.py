@@ -3,7 +3,8 @@
 1. **Corpus profile** from a seeded sample of chunks (:mod:`customir.queries.profile`), fed into
    every prompt; with a strong backend the LLM writes its description.
 2. **Free signals** for every chunk (:mod:`customir.queries.signals`): titles, e-mail subjects,
-   headings and, if configured, inverse-cloze pairs.
+   headings and, if configured, inverse-cloze pairs (a chunk drawn for one that has no usable
+   sentence split is counted as ``inverse_cloze_no_sentence``).
 3. **LLM queries** for the chunks chosen for the LLM (``max_llm_chunks``): each is asked for the
    kinds drawn for it (``kinds`` shares); a ``multihop`` share anchors a question over 1-2
    related chunks of other documents. Invalid parts of replies are re-asked
@@ -11,7 +12,9 @@
    that answers nothing but errors (endpoint down, unknown model, wrong key) — here or as the
    judge — stops the stage before anything is written.
 4. **Filters** over all candidates, in this order — balance ``queries``: length, copies of the
-   passage, "the passage", exact and near duplicates (base-model cosine), round-trip
+   passage, "the passage", boilerplate titles and headings ("Introduction", file names, one
+   that several documents share: ``generic_heading``, ``file_name_title``), exact and near
+   duplicates (base-model cosine), round-trip
    consistency (an LLM query must find one of its chunks in the ranker's top k; Promptagator),
    LLM-judge grade (Nemotron; off unless ``judge_min_score``).
 5. Kept queries are written one row per supporting chunk (a multi-hop question trains on each).
@@ -39,8 +42,9 @@ from customir.queries.asking import (Answers, Ask, ask_with_retries,
 from customir.queries.filtering import (chosen, choose_llm_chunks, near_duplicates, query_id,
                                         reject_reason)
 from customir.queries.profile import corpus_profile
-from customir.queries.signals import (first_chunks_under_headings, inverse_cloze_pair,
-                                      related_chunks, structural_queries)
+from customir.queries.signals import (SIGNALS_VERSION, first_chunks_under_headings,
+                                      inverse_cloze_pair, related_chunks, shared_by_documents,
+                                      structural_queries, structural_reason)
 from customir.runtime import ray_session
 from customir.schemas import CHUNKS, QUERIES, read_table, write_rows
 
@@ -124,6 +128,9 @@ def free_signals(chunks: Chunks, config: GenerateConfig) -> list[Candidate]:
                 if pair:
                     out.append(Candidate("inverse_cloze", pair[0], "inverse_cloze", [row],
                                          positive_text=pair[1]))
+                else:  # a counted candidate, so the chunks drawn add up in per_kind
+                    out.append(Candidate("inverse_cloze", "", "inverse_cloze", [row],
+                                         reason="inverse_cloze_no_sentence"))
     return out
 
 
@@ -214,13 +221,25 @@ def llm_candidates(answers: Answers, chunks: Chunks,
 # ---- 4. filters ---------------------------------------------------------------------------
 
 def filter_each(candidates: list[Candidate], chunks: Chunks, config: GenerateConfig) -> None:
+    """Drop (set ``reason`` of) each candidate that fails a per-query filter or repeats a kept
+    query. A title or heading that several documents share fits each of them, so every copy is
+    dropped (``generic_heading``) rather than the first document's kept as the answer."""
+    structural = [i for i, c in enumerate(candidates) if c.origin == "structural"]
+    shared = {i for i, flag in zip(structural, shared_by_documents(
+        [candidates[i].query for i in structural],
+        [chunks.docs[candidates[i].rows[0]] for i in structural])) if flag}
     seen: set[str] = set()
-    for c in candidates:
+    for i, c in enumerate(candidates):
+        if c.reason is not None:  # dropped before the filters (no inverse-cloze sentence)
+            continue
         passage = " ".join(c.positive_text or chunks.texts[r] for r in c.rows)
         min_words = (config.min_query_words if c.from_llm or c.kind == "inverse_cloze"
                      else config.min_structural_words)
         c.reason = reject_reason(c.query, passage, min_words, config.max_query_words,
                                  config.max_copy_overlap)
+        if c.reason is None and c.origin == "structural":
+            c.reason = structural_reason(c.query, passage) or (
+                "generic_heading" if i in shared else None)
         key = " ".join(c.query.lower().split())
         if c.reason is None and key in seen:
             c.reason = "duplicate"
@@ -346,7 +365,8 @@ def _skips(asks: list[Ask], answers: Answers | None, candidates: list[Candidate]
     for c in candidates:
         if c.reason is not None:
             skips.append({"stage": STAGE, "item": f"{chunks.ids[c.rows[0]]} [{c.kind}]",
-                          "reason": c.reason, "detail": c.query[:300]})
+                          "reason": c.reason,  # no query: the chunk's text says why
+                          "detail": (c.query or chunks.texts[c.rows[0]])[:300]})
     return skips
 
 
@@ -356,19 +376,22 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
     chunks_dir, run_dir = Path(chunks_dir).resolve(), Path(run_dir).resolve()
     out = run_dir / "queries"
     inputs = {"chunks": fingerprint(chunks_dir)}
-    if done := find_complete(out, config.config_hash(), inputs):
+    config_hash = f"{config.config_hash()}-signals{SIGNALS_VERSION}"
+    if done := find_complete(out, config_hash, inputs):
         log(f"generate: up to date ({done.balances['queries'].n_out} queries), skipping")
         return done
     started = time.monotonic()  # the manifest records the stage's whole wall time
-    if config.llm.backend == LLMBackend.vllm:
-        from customir.llm.vllm_batch import require_vllm
+    from customir.llm.protocol import check_llm
 
-        require_vllm()  # fail before any work, with the line to install it
+    if config.llm.backend != LLMBackend.llamacpp:  # one line before any work (and before Ray
+        check_llm(config.llm)  # starts), not an LLM actor's death in its __init__
     chunks = Chunks(read_table(chunks_dir, CHUNKS))
     wants_llm = any(config.kinds.values()) or config.multihop > 0
     llm_ids = (choose_llm_chunks(chunks.ids, config.max_llm_chunks, config.seed)
                if wants_llm else set())
     llm_rows = sorted(chunks.row[c] for c in llm_ids)
+    if llm_rows and config.llm.backend == LLMBackend.llamacpp:  # an extra: needed only if used
+        check_llm(config.llm)
     anchors = [r for r in llm_rows if chosen(chunks.ids[r], config.multihop, config.seed, "mh")]
     log(f"generate: {len(chunks.ids)} chunks, {len(llm_rows)} go to the LLM "
         f"({config.llm.backend.value}: {config.llm.model}), {len(anchors)} anchor multi-hop")
@@ -397,7 +420,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
     answered_chunks = {rid.split(":", 1)[1] for rid, _ in (answers.values if answers else {})
                        if rid.startswith("q:")}
     asked_chunks = {a.request_id.split(":", 1)[1] for a in asks if a.request_id.startswith("q:")}
-    with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
+    with stage_output(out, STAGE, config_hash, inputs, started) as (tmp, manifest):
         write_rows(tmp, table, _skips(asks, answers, candidates, chunks))
         (tmp / PROFILE_FILE).write_text(json.dumps(profile, indent=2))
         manifest.balances.update({
