@@ -16,8 +16,11 @@ Three parts, each against the real components:
    retried, failed after their retries (recorded per row), and whether each stage's counts
    reconcile.
 3. **Server**: the exported base model served on Ray Serve gets a battery of bad requests, each
-   followed by a good one: bad requests answered 4xx, answered 5xx (must be 0), good ones
-   answered 200 after them.
+   followed by a good one: bad requests answered 4xx (and of those, how many in OpenAI's
+   ``{"error": {...}}`` shape: must be all), answered 5xx (must be 0), good ones answered 200
+   after them; whether the token-id refusal says what to send instead. Then half an emoji (a
+   lone surrogate, legal JSON) is sent together with good requests: it is repaired (U+FFFD) and
+   answered 200, and so is every request batched with it.
 
 The last line is one JSON object with ``lost``, ``llm`` and ``server`` figures.
 """
@@ -110,28 +113,51 @@ def _queries(run: Path) -> list[str]:
     return read_table(run / "queries", QUERIES).column("query").to_pylist()
 
 
-BAD_REQUESTS = [  # (what, method, path suffix, body or raw bytes, headers)
-    ("empty list", {"input": []}),
-    ("10,000 inputs", {"input": ["x"] * 10_000}),
-    ("1 MB string", {"input": "y" * 1_000_000}),
-    ("number as input", {"input": 12}),
-    ("object as input", {"input": {"text": "x"}}),
-    ("token ids", {"input": [[1, 2, 3]]}),
-    ("empty strings", {"input": ["ok", "  "]}),
-    ("unknown model", {"input": "x", "model": "gpt-4"}),
-    ("wrong dimensions", {"input": "x", "dimensions": 12}),
-    ("unknown encoding_format", {"input": "x", "encoding_format": "hex"}),
-    ("misspelt field", {"inputs": "typo"}),
-    ("null input", {"input": None}),
-    ("malformed JSON", b"{not json"),
-    ("JSON array body", b"[1, 2]"),
-    ("empty body", b""),
-    ("non-UTF-8 body", b'{"input": "\xff\xfe"}'),
-    ("4 MB body", b'{"input": "' + b"z" * 4_200_000 + b'"}'),
+BAD_REQUESTS = [  # (what, method, path after /v1/, JSON body or raw bytes)
+    ("empty list", "POST", "embeddings", {"input": []}),
+    ("10,000 inputs", "POST", "embeddings", {"input": ["x"] * 10_000}),
+    ("1 MB string", "POST", "embeddings", {"input": "y" * 1_000_000}),
+    ("number as input", "POST", "embeddings", {"input": 12}),
+    ("object as input", "POST", "embeddings", {"input": {"text": "x"}}),
+    ("token ids", "POST", "embeddings", {"input": [[1, 2, 3]]}),
+    ("empty strings", "POST", "embeddings", {"input": ["ok", "  "]}),
+    ("unknown model", "POST", "embeddings", {"input": "x", "model": "gpt-4"}),
+    ("wrong dimensions", "POST", "embeddings", {"input": "x", "dimensions": 12}),
+    ("unknown encoding_format", "POST", "embeddings", {"input": "x", "encoding_format": "hex"}),
+    ("misspelt field", "POST", "embeddings", {"inputs": "typo"}),
+    ("null input", "POST", "embeddings", {"input": None}),
+    ("malformed JSON", "POST", "embeddings", b"{not json"),
+    ("JSON array body", "POST", "embeddings", b"[1, 2]"),
+    ("empty body", "POST", "embeddings", b""),
+    ("non-UTF-8 body", "POST", "embeddings", b'{"input": "\xff\xfe"}'),
+    ("4 MB body", "POST", "embeddings", b'{"input": "' + b"z" * 4_200_000 + b'"}'),
+    ("GET /v1/embeddings", "GET", "embeddings", None),
+    ("unknown path", "POST", "embedding", {"input": "x"}),
 ]
+# what a LangChain user must change to send text (its OpenAIEmbeddings sends tiktoken ids)
+TOKEN_IDS_ADVICE = "check_embedding_ctx_length=False"
+LONE_SURROGATE = b'{"input": "cut emoji \\ud83d here"}'  # JSON's escape for half an emoji
+
+
+def _openai_error(reply) -> bool:
+    """Whether ``reply`` has OpenAI's error body: {"error": {"message": str, "type": str}}."""
+    try:
+        error = reply.json()["error"]
+        return isinstance(error["message"], str) and isinstance(error["type"], str)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _send(client, url: str, method: str, body, headers: dict | None = None):
+    if isinstance(body, bytes):
+        return client.request(method, url, content=body,
+                              headers={"Content-Type": "application/json", **(headers or {})})
+    return client.request(method, url, json=body, headers=headers)
 
 
 def server_part(scratch: Path) -> dict:
+    import concurrent.futures
+
     import httpx
 
     from serving import _export_base, _free_port  # the serving benchmark's export
@@ -144,28 +170,48 @@ def server_part(scratch: Path) -> dict:
     (scratch / "serve").mkdir()
     export = _export_base(scratch / "serve")
     config = ServeConfig(port=_free_port())
-    counts = {"bad_requests": 0, "answered_4xx": 0, "answered_5xx": 0, "other": 0,
-              "good_after_bad_ok": 0, "auth_refused": 0}
+    counts = {"bad_requests": 0, "answered_4xx": 0, "openai_error_shape": 0, "answered_5xx": 0,
+              "other": 0, "good_after_bad_ok": 0, "auth_refused": 0,
+              "token_ids_says_what_to_send": False, "lone_surrogate_200": 0,
+              "batched_with_it_200": 0}
     rows = []
+
+    def tally(what: str, reply) -> None:
+        counts["bad_requests"] += 1
+        kind = ("answered_4xx" if 400 <= reply.status_code < 500 else
+                "answered_5xx" if reply.status_code >= 500 else "other")
+        counts[kind] += 1
+        counts["openai_error_shape"] += kind == "answered_4xx" and _openai_error(reply)
+        rows.append((what, reply.status_code))
+
     with ray_session():
-        url = app.start(export, config) + "/embeddings"
+        base = app.start(export, config)
         try:
             with httpx.Client(timeout=60) as client:
                 def good() -> bool:
-                    return client.post(url, json={"input": "still answering?"}).status_code == 200
+                    return client.post(f"{base}/embeddings",
+                                       json={"input": "still answering?"}).status_code == 200
 
-                for what, body in BAD_REQUESTS:
-                    if isinstance(body, bytes):
-                        reply = client.post(url, content=body,
-                                            headers={"Content-Type": "application/json"})
-                    else:
-                        reply = client.post(url, json=body)
-                    counts["bad_requests"] += 1
-                    kind = ("answered_4xx" if 400 <= reply.status_code < 500 else
-                            "answered_5xx" if reply.status_code >= 500 else "other")
-                    counts[kind] += 1
+                for what, method, path, body in BAD_REQUESTS:
+                    reply = _send(client, f"{base}/{path}", method, body)
+                    tally(what, reply)
+                    if what == "token ids":
+                        counts["token_ids_says_what_to_send"] = (
+                            _openai_error(reply)
+                            and TOKEN_IDS_ADVICE in reply.json()["error"]["message"])
                     counts["good_after_bad_ok"] += good()
-                    rows.append((what, reply.status_code))
+
+                # half an emoji among good requests that may share its micro-batch
+                def one(i: int):
+                    body = LONE_SURROGATE if i == 0 else {"input": f"good request {i}"}
+                    return _send(client, f"{base}/embeddings", "POST", body)
+
+                with concurrent.futures.ThreadPoolExecutor(7) as pool:
+                    replies = list(pool.map(one, range(7)))
+                counts["lone_surrogate_200"] = int(replies[0].status_code == 200 and
+                                                   len(replies[0].json()["data"]) == 1)
+                counts["batched_with_it_200"] = sum(r.status_code == 200 for r in replies[1:])
+                rows.append(("lone surrogate (+6 good)", replies[0].status_code))
         finally:
             app.stop()
     # a keyed server: missing and wrong keys
@@ -179,14 +225,11 @@ def server_part(scratch: Path) -> dict:
                 for what, headers in (("missing key", {}),
                                       ("wrong key", {"Authorization": "Bearer nope"})):
                     reply = client.post(url, json={"input": "x"}, headers=headers)
-                    counts["bad_requests"] += 1
-                    counts["answered_4xx" if reply.status_code == 401 else
-                           "answered_5xx" if reply.status_code >= 500 else "other"] += 1
+                    tally(what, reply)
                     counts["auth_refused"] += reply.status_code == 401
                     ok = client.post(url, json={"input": "x"},
                                      headers={"Authorization": f"Bearer {key}"})
                     counts["good_after_bad_ok"] += ok.status_code == 200
-                    rows.append((what, reply.status_code))
         finally:
             app.stop()
     return {"counts": counts, "replies": rows}

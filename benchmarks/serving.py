@@ -12,8 +12,9 @@ over loopback and records embeddings/s, p50/p99 latency and errors. Baselines, o
 texts in the same run:
 
 - in-process: ``OnnxEncoder.encode`` in this process with batches of min(concurrency, 32) texts
-  (what the served graph does without HTTP, Ray and batching waits), measured before and after
-  the servers and averaged;
+  (what the served graph does without HTTP, Ray and batching waits: the server calls
+  ``encode_counted``, the same tokenization and runs, and takes ``usage`` from it), measured
+  before and after the servers and averaged;
 - infinity-emb 0.0.78 (torch engine, CPU) started by this script from its own virtual
   environment (it pins numpy<2 and sentence-transformers<4, so it cannot share ours), serving the
   same MiniLM weights.

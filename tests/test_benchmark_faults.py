@@ -33,4 +33,8 @@ def test_the_fault_table_accounts_for_every_input_and_request():
     server = figures["server"]
     assert server["answered_5xx"] == 0 and server["other"] == 0
     assert server["answered_4xx"] == server["bad_requests"] == server["good_after_bad_ok"] > 15
+    assert server["openai_error_shape"] == server["answered_4xx"]  # {"error": ...}, every one
+    assert server["token_ids_says_what_to_send"]
+    # half an emoji is repaired, and the requests that may share its batch are answered
+    assert server["lone_surrogate_200"] == 1 and server["batched_with_it_200"] == 6
     assert any(line.startswith("all ") for line in lines)  # the readable table came first

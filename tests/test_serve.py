@@ -95,7 +95,8 @@ def test_long_input_is_truncated_to_the_model_and_usage_says_so(server):
 @pytest.mark.parametrize("payload, status, message", [
     ({"input": []}, 400, "'input' must not be empty"),
     ({"input": ["ok", "  "]}, 400, "empty strings"),
-    ({"input": [[1, 2, 3]]}, 400, "token-id input is not supported"),
+    ({"input": [[1, 2, 3]]}, 400, "check_embedding_ctx_length=False"),
+    ({"input": [101, 2023, 102]}, 400, "'input' must be text"),
     ({"input": ["x"] * 10_000}, 400, "at most 8 per request"),
     ({"input": "x" * 6000}, 400, "at most 5000 per item"),
     ({"input": 12}, 400, "input"),
@@ -111,6 +112,82 @@ def test_bad_requests_get_openai_style_errors(server, payload, status, message):
     assert response.status_code == status
     error = response.json()["error"]
     assert message in error["message"] and error["type"] == "invalid_request_error"
+    assert response.headers["x-should-retry"] == "false"  # the openai client does not resend it
+
+
+def test_unknown_paths_wrong_methods_and_unreadable_bodies_get_openai_errors(server):
+    """Starlette's own refusals answer in OpenAI's shape too, not FastAPI's {"detail": ...}."""
+    url, _ = server
+    auth = {"Authorization": f"Bearer {KEY}"}
+    not_utf8 = httpx.post(f"{url}/embeddings", content=b'{"input": "\xff\xfe"}',
+                          headers={**auth, "Content-Type": "application/json"}, timeout=30)
+    wrong_method = httpx.get(f"{url}/embeddings", headers=auth, timeout=30)
+    unknown = httpx.post(f"{url}/embedding", json={"input": "x"}, headers=auth, timeout=30)
+    for reply, status, message in ((not_utf8, 400, "UTF-8"), (wrong_method, 405, "GET"),
+                                   (unknown, 404, "/v1/embedding")):
+        assert reply.status_code == status, reply.text
+        error = reply.json()["error"]
+        assert message in error["message"] and error["type"] == "invalid_request_error"
+        assert reply.headers["x-should-retry"] == "false"
+    assert wrong_method.headers["allow"] == "POST"
+
+
+def test_a_lone_surrogate_is_replaced_and_its_batch_neighbours_are_answered(server, exported):
+    """Half an emoji (``\\ud83d``: legal JSON, which a client slicing a string may send) becomes
+    U+FFFD, as in ingest; before, the tokenizer raised on it and every request batched with it
+    got a 500."""
+    url, _ = server
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    def send(i):
+        if i == 3:
+            return httpx.post(f"{url}/embeddings", content=b'{"input": "\\ud83d glucose"}',
+                              headers=headers, timeout=60)
+        return _post(url, {"input": f"good request {i}"})
+
+    with concurrent.futures.ThreadPoolExecutor(7) as pool:
+        replies = list(pool.map(send, range(7)))
+    assert [r.status_code for r in replies] == [200] * 7, [r.text[:200] for r in replies]
+    served = np.array(replies[3].json()["data"][0]["embedding"])
+    assert float(served @ OnnxEncoder(exported / "export").encode(["\ufffd glucose"])[0]) > 0.9999
+
+
+class _BreaksOn:
+    """An encoder that fails any pass holding ``bad`` (as the tokenizer did on a lone
+    surrogate): the server's safety net for a text that breaks the encoder in some new way."""
+
+    def __init__(self, bad: str):
+        self.bad = bad
+
+    def encode_counted(self, texts, batch_size=32):
+        if self.bad in texts:
+            raise TypeError("cannot encode this text")
+        return np.ones((len(texts), 2), dtype=np.float32), [len(t) for t in texts]
+
+
+def test_a_text_that_breaks_the_encoder_fails_only_its_own_request():
+    out = app._encode_requests(_BreaksOn("bad"), [["a", "bb"], ["x", "bad"], ["ccc"]], 32)
+    assert [tokens for _, tokens in (out[0], out[2])] == [3, 3]
+    assert out[0][0].shape == (2, 2) and isinstance(out[1], TypeError)
+
+
+def test_the_server_counts_tokens_from_the_tokenization_it_embeds(exported):
+    """usage.prompt_tokens comes from the encoding thread's one tokenization, not a second one
+    on the replica's event loop."""
+    encoder = OnnxEncoder(exported / "export")
+    requests = [["short"], ["glucose " * 600, "insulin"]]
+    expected = [encoder.count_tokens(texts) for texts in requests]
+    calls, tokenizer = [], encoder.tokenizer
+
+    class CountingTokenizer:
+        def encode_batch(self, texts):
+            calls.append(len(texts))
+            return tokenizer.encode_batch(texts)
+
+    encoder.tokenizer = CountingTokenizer()
+    out = app._encode_requests(encoder, requests, 32)
+    assert calls == [3] and [tokens for _, tokens in out] == expected == [3, 259]
+    assert np.allclose(out[1][0], OnnxEncoder(exported / "export").encode(requests[1]))
 
 
 def test_malformed_json_oversized_body_and_keys(server):
@@ -180,6 +257,37 @@ def test_a_model_without_token_types_exports_and_matches_torch(exported, tmp_pat
     texts = ["what secretes insulin?", "glucose regulation"]
     graph = OnnxEncoder(tmp_path / "run" / "export").encode(texts)
     assert np.min(np.sum(graph * TorchEncoder(source).encode(texts), axis=1)) >= 0.9999
+
+
+def test_a_model_without_normalize_exports_unit_vectors_like_the_torch_backend(exported,
+                                                                              tmp_path):
+    """A plain Hugging Face folder loads as [Transformer, Pooling]: the graph normalizes, so the
+    ONNX backends serve what the torch backend serves (unit vectors), and parity checks it."""
+    from sentence_transformers import SentenceTransformer
+
+    from customir.models import load_sentence_transformer
+
+    full = load_sentence_transformer("all-MiniLM-L6-v2")
+    source = tmp_path / "no-normalize"
+    SentenceTransformer(modules=[full[0], full[1]]).save(str(source))
+    assert [type(m).__name__ for m in load_sentence_transformer(source)] == ["Transformer",
+                                                                             "Pooling"]
+    manifest = onnx.run(source, exported / "chunks", tmp_path / "run", ExportConfig(int8=False))
+    parity = manifest.extra["parity"]
+    assert parity["max_norm_error"] < 1e-3 and parity["max_abs_diff"] < 1e-4, parity
+    assert manifest.extra["model"]["normalize_added_in_export"]
+    texts = ["what secretes insulin?", "glucose regulation in the pancreas"]
+    graph = OnnxEncoder(tmp_path / "run" / "export").encode(texts)
+    assert np.allclose(np.linalg.norm(graph, axis=1), 1, atol=1e-4)
+    assert np.abs(graph - TorchEncoder(source).encode(texts)).max() < 1e-4
+
+
+def test_parity_fails_on_vectors_of_the_wrong_length_whatever_their_cosine():
+    torch_emb = np.eye(3, 8, dtype=np.float32)
+    assert onnx.parity_failures(onnx._compare(torch_emb, torch_emb), 0.9999) == []
+    check = onnx._compare(torch_emb, 3 * torch_emb)  # same directions: cosine 1
+    assert check["min_cosine"] > 0.9999
+    assert [r.split()[0] for r in onnx.parity_failures(check, 0.9999)] == ["max", "ONNX"]
 
 
 def test_torch_backend_on_an_export_whose_source_model_is_gone_is_one_clear_error(tmp_path):
@@ -396,7 +504,7 @@ def test_an_overloaded_server_answers_503_with_retry_after_at_once(exported, ser
         serve.delete("overload")
 
 
-def test_a_request_over_the_time_limit_gets_408_and_the_server_goes_on(exported, server):
+def test_a_request_over_the_time_limit_gets_408_once_and_the_server_goes_on(exported, server):
     from ray import serve
 
     url = _deploy(exported, server, "slow", request_timeout_s=0.05)
@@ -404,6 +512,13 @@ def test_a_request_over_the_time_limit_gets_408_and_the_server_goes_on(exported,
         reply = _post(url, _big(256), key=None)
         assert reply.status_code == 408, reply.text
         assert reply.json()["error"]["code"] == "timeout"
+        # x-should-retry: false, so the openai client does not send it 3 times (its default)
+        attempts = []
+        client = openai.OpenAI(base_url=url, api_key="unused", http_client=httpx.Client(
+            timeout=60, event_hooks={"request": [attempts.append]}))
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.embeddings.create(model="test-embed", input=_big(256)["input"])
+        assert refused.value.status_code == 408 and len(attempts) == 1
         assert httpx.get(f"{url.removesuffix('/v1')}/health", timeout=10).status_code == 200
     finally:
         serve.delete("slow")

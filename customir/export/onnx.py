@@ -3,8 +3,12 @@
 The whole sentence-transformers pipeline (transformer, pooling, normalization) is traced into one
 graph with ``torch.onnx.export``, so the server needs onnxruntime and a tokenizer only. (optimum
 and ``sentence-transformers[onnx]`` are avoided on purpose: they downgrade transformers and
-break sentence-transformers 6.) The parity check encodes sample chunks with both the torch model
-and the served ONNX encoder and fails below ``min_cosine``.
+break sentence-transformers 6.) A model that does not end in a ``Normalize`` module (a plain
+Hugging Face folder loads as transformer + pooling) gets the L2 normalization in the graph, so
+every backend serves unit vectors, as the torch backend does. The parity check encodes sample
+chunks with both the torch model and the served ONNX encoder and fails below ``min_cosine``, at
+a coordinate more than :data:`PARITY_MAX_ABS_DIFF` off, or at an ONNX vector whose length is
+more than :data:`NORM_TOLERANCE` off 1 (cosine alone ignores length).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from customir.schemas import CHUNKS, read_table
 from customir.serve.encoder import EXPORT_CONFIG, OnnxEncoder
 
 STAGE = "export"
+# fp32 ONNX vs torch on MiniLM differ by ~1e-7 per coordinate; an unnormalized graph by ~1e-1
+PARITY_MAX_ABS_DIFF = 1e-4
+NORM_TOLERANCE = 1e-3
 
 
 class ParityError(RuntimeError):
@@ -36,8 +43,11 @@ def export_onnx(model, model_dir: Path, out_dir: Path, opset: int) -> dict:
     """Trace ``model`` (loaded from ``model_dir``) into ``out_dir/model.onnx``; copy the
     tokenizer; return its metadata."""
     import torch
+    from sentence_transformers.sentence_transformer.modules import Normalize
 
     model.eval()
+    # what the torch backend serves (encode(normalize_embeddings=True)) is unit length
+    add_normalize = not isinstance(model[-1], Normalize)
 
     class SentenceEmbedding(torch.nn.Module):
         def __init__(self, st):
@@ -47,7 +57,10 @@ def export_onnx(model, model_dir: Path, out_dir: Path, opset: int) -> dict:
         def forward(self, input_ids, attention_mask, token_type_ids):
             features = {"input_ids": input_ids, "attention_mask": attention_mask,
                         "token_type_ids": token_type_ids}
-            return self.st(features)["sentence_embedding"]
+            embedding = self.st(features)["sentence_embedding"]
+            if add_normalize:
+                embedding = torch.nn.functional.normalize(embedding, p=2, dim=1)
+            return embedding
 
     sample = model.tokenizer(["an example sentence", "another one, a little longer"],
                              padding=True, return_tensors="pt")
@@ -68,20 +81,42 @@ def export_onnx(model, model_dir: Path, out_dir: Path, opset: int) -> dict:
     meta = {"dimension": model.get_embedding_dimension(),
             "max_seq_length": model.max_seq_length,
             "pad_id": model.tokenizer.pad_token_id or 0, "normalized": True,
+            "normalize_added_in_export": add_normalize,
             "source_model": str(Path(model_dir).resolve())}  # what --backend torch loads
     (out_dir / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
     return meta
 
 
 def parity(model, onnx_dir: Path, texts: list[str]) -> dict:
-    """Compare torch and ONNX embeddings of ``texts``: min cosine and max absolute difference."""
+    """Compare torch and ONNX embeddings of ``texts``: min cosine, max absolute difference and
+    how far the ONNX vectors' lengths are from 1."""
     torch_emb = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     return _compare(torch_emb, OnnxEncoder(onnx_dir).encode(texts))
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> dict:
-    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return {"n": len(a), "min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a - b).max())}
+    norms = np.linalg.norm(b, axis=1)
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * norms)
+    return {"n": len(a), "min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a - b).max()),
+            "max_norm_error": float(np.abs(norms - 1).max())}
+
+
+def parity_failures(check: dict, min_cosine: float) -> list[str]:
+    """Why a :func:`parity` result fails (empty: it passes). Cosine ignores length, so an
+    unnormalized graph passes it; the difference and norm checks catch that.
+
+    >>> parity_failures({"min_cosine": 1.0, "max_abs_diff": 0.4, "max_norm_error": 2.0}, 0.9999)
+    ['max |diff| 4.00e-01 > 0.0001', 'ONNX vector length off 1 by 2.00e+00 > 0.001']
+    """
+    reasons = []
+    if check["min_cosine"] < min_cosine:
+        reasons.append(f"min cosine {check['min_cosine']:.6f} < {min_cosine}")
+    if check["max_abs_diff"] > PARITY_MAX_ABS_DIFF:
+        reasons.append(f"max |diff| {check['max_abs_diff']:.2e} > {PARITY_MAX_ABS_DIFF}")
+    if check["max_norm_error"] > NORM_TOLERANCE:
+        reasons.append(f"ONNX vector length off 1 by {check['max_norm_error']:.2e} > "
+                       f"{NORM_TOLERANCE}")
+    return reasons
 
 
 def retrieval_ndcg10(encoder, test: TestSet) -> float:
@@ -155,9 +190,8 @@ def run(model_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         check = parity(model, tmp, texts)
         log(f"export: parity min cosine {check['min_cosine']:.6f}, "
             f"max |diff| {check['max_abs_diff']:.2e} on {check['n']} texts")
-        if check["min_cosine"] < config.min_cosine:
-            raise ParityError(f"ONNX parity failed: min cosine {check['min_cosine']:.6f} < "
-                              f"{config.min_cosine}")
+        if reasons := parity_failures(check, config.min_cosine):
+            raise ParityError(f"ONNX parity failed: {'; '.join(reasons)}")
         manifest.balances["parity_texts"] = Balance(len(texts), check["n"])
         manifest.extra.update({"parity": check, "model": meta})
         if config.int8:

@@ -10,7 +10,10 @@ JSON, limits), 401 (API key), 404 (unknown model), 408 (not answered within
 ``request_timeout_s``), 413 (body too large). An overloaded server (``max_queued_requests``
 waiting) answers 503 with ``Retry-After`` at once; on shutdown or downscaling a replica finishes
 its in-flight requests (``graceful_shutdown_timeout_s``). A 500 means a fault of the server
-itself, never of the request.
+itself, never of the request. Every 4xx carries ``x-should-retry: false``, which the official
+``openai`` client obeys: it would otherwise send a timed-out (408) request three times, tripling
+the load that made it time out. Unknown paths (404), wrong methods (405, with ``Allow``) and a
+body that is not UTF-8 (400) get the same OpenAI error shape as everything else.
 
     customir serve runs/demo --port 8000
 """
@@ -18,6 +21,7 @@ itself, never of the request.
 import asyncio
 import hmac
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -34,6 +38,9 @@ from customir.serve.openai_schema import (Embedding, EmbeddingRequest, Embedding
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
 # runtime, and inside a Ray Serve class string annotations do not resolve.
 APP_NAME = "customir"
+# A refused request fails again the same way; a 408 retried by the client adds load to a server
+# that is already too slow for it. (openai-python: `_should_retry` reads this header first.)
+NO_RETRY = {"x-should-retry": "false"}
 
 
 def resolve_model_dir(path: str | Path, backend: EncoderBackend) -> Path:
@@ -107,11 +114,44 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, size: str, scope, receive, send):
-        from fastapi.responses import JSONResponse
-
         error = RequestError(f"request body of {size} is over the limit of {self.max_bytes}",
                              status=413)
-        await JSONResponse(error.body(), status_code=413)(scope, receive, send)
+        await error_response(error)(scope, receive, send)
+
+
+def error_response(error: RequestError, headers: dict | None = None):
+    """The OpenAI-shaped JSON response for ``error``; a 4xx tells clients not to retry."""
+    from fastapi.responses import JSONResponse
+
+    headers = {**(headers or {}), **(NO_RETRY if error.status < 500 else {})}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _encode_requests(encoder, requests: list[list[str]], batch_size: int) -> list:
+    """Embed a micro-batch of requests' texts in one pass: per request ``(vectors, tokens
+    embedded)``. If the pass fails, each request is encoded alone, so only a request whose own
+    text breaks the encoder fails (its exception in its place), not every request that happened
+    to share its batch."""
+    flat = [text for texts in requests for text in texts]
+    try:
+        vectors, tokens = encoder.encode_counted(flat, batch_size)
+    except Exception:
+        logging.getLogger(__name__).exception(
+            "encoding a batch of %d requests failed; encoding them one by one", len(requests))
+        out = []
+        for texts in requests:
+            try:
+                vectors, tokens = encoder.encode_counted(texts, batch_size)
+                out.append((vectors, sum(tokens)))
+            except Exception as exc:
+                out.append(exc)
+        return out
+    out, start = [], 0
+    for texts in requests:
+        end = start + len(texts)
+        out.append((vectors[start:end], sum(tokens[start:end])))
+        start = end
+    return out
 
 
 def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
@@ -124,6 +164,7 @@ def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
     from fastapi.responses import JSONResponse
     from ray import serve
     from ray.serve.config import BackpressureConfig
+    from starlette.exceptions import HTTPException
 
     app = FastAPI(title="customir embeddings")
 
@@ -131,11 +172,22 @@ def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
     async def _invalid(_: Request, exc: RequestValidationError):
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
                             for e in exc.errors()[:3])
-        return JSONResponse(RequestError(message or "invalid request").body(), status_code=400)
+        return error_response(RequestError(message or "invalid request"))
 
     @app.exception_handler(RequestError)
     async def _refused(_: Request, exc: RequestError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return error_response(exc)
+
+    # Starlette's own refusals: unknown path (404), wrong method (405), a body FastAPI cannot
+    # decode (400, e.g. not UTF-8); without this they answer FastAPI's {"detail": ...}
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        path = request.url.path
+        messages = {400: "the request body could not be parsed; send UTF-8 encoded JSON",
+                    404: f"no route {path}; use POST /v1/embeddings or GET /v1/models",
+                    405: f"{request.method} is not allowed on {path}"}
+        message = messages.get(exc.status_code, str(exc.detail))
+        return error_response(RequestError(message, status=exc.status_code), exc.headers)
 
     @app.exception_handler(Exception)
     async def _fault(_: Request, exc: Exception):
@@ -188,16 +240,12 @@ def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
 
         @serve.batch(batch_size_fn=lambda items: sum(len(texts) for texts in items))
         async def _encode_batch(self, requests: list[list[str]]):
-            flat = [text for texts in requests for text in texts]
             # in a thread (onnxruntime and the tokenizer release the GIL), so the replica's
-            # event loop keeps parsing and answering requests while a batch is encoded
-            vectors = await asyncio.get_running_loop().run_in_executor(
-                self._encoding, self.encoder.encode, flat, self.config.max_batch_size)
-            out, start = [], 0
-            for texts in requests:
-                out.append(vectors[start:start + len(texts)])
-                start += len(texts)
-            return out
+            # event loop keeps parsing and answering requests while a batch is encoded (and
+            # tokens are counted there, from the same tokenization)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._encoding, _encode_requests, self.encoder, requests,
+                self.config.max_batch_size)
 
         @app.post("/v1/embeddings", response_model=EmbeddingResponse,
                   dependencies=[Depends(_authorize)])
@@ -211,11 +259,14 @@ def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
             try:
                 done = await asyncio.wait_for(asyncio.gather(*parts),
                                               self.config.request_timeout_s)
-                vectors = [v for part in done for v in part]
             except asyncio.TimeoutError:
                 raise RequestError(f"request timed out after {self.config.request_timeout_s} s",
                                    status=408, code="timeout") from None
-            tokens = self.encoder.count_tokens(texts)
+            failed = next((part for part in done if isinstance(part, Exception)), None)
+            if failed is not None:
+                raise failed  # this request's own fault: a 500 for it alone
+            vectors = [v for part_vectors, _ in done for v in part_vectors]
+            tokens = sum(part_tokens for _, part_tokens in done)
             return EmbeddingResponse(
                 data=[Embedding(index=i, embedding=encode_embedding(v, request.encoding_format))
                       for i, v in enumerate(vectors)],

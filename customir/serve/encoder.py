@@ -2,7 +2,8 @@
 
 The ONNX encoder is also what the export stage's parity and int8 checks run, so what is checked
 is exactly what is served. Every encoder returns L2-normalized float32 vectors and truncates
-input to the model's ``max_seq_length`` tokens; ``count_tokens`` reports what was embedded.
+input to the model's ``max_seq_length`` tokens; ``count_tokens`` reports what was embedded, and
+``encode_counted`` returns both (the server's path: one tokenization, in its encoding thread).
 """
 
 from __future__ import annotations
@@ -45,13 +46,19 @@ class _Tokenized:
         """Embed ``texts`` (order kept). Texts are tokenized once, sorted by length and run in
         batches of similar length, so short texts are not padded to the longest one (on a CPU
         the padding costs as much as real tokens)."""
+        return self.encode_counted(texts, batch_size)[0]
+
+    def encode_counted(self, texts: list[str],
+                       batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
+        """:meth:`encode`, and the tokens embedded per text (what :meth:`count_tokens` sums),
+        from the one tokenization."""
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return np.zeros((0, self.dimension), dtype=np.float32), []
         encodings = self.tokenizer.encode_batch(texts)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for batch in length_batches([len(e.ids) for e in encodings], batch_size):
             out[batch] = self._run(_feeds([encodings[i] for i in batch], self.pad_id))
-        return out
+        return out, [sum(e.attention_mask) for e in encodings]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -137,9 +144,10 @@ class TensorRTEncoder(_Tokenized):
         super().__init__(model_dir)
         self.session = TensorRTSession(model_dir / "model.plan")
 
-    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def encode_counted(self, texts: list[str],
+                       batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
         # a serve.max_batch_size above the engine's profile would fail every large batch
-        return super().encode(texts, min(batch_size, self.session.max_batch))
+        return super().encode_counted(texts, min(batch_size, self.session.max_batch))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(feeds)
@@ -159,12 +167,21 @@ class TorchEncoder:
         self._tokenizer = self.model.tokenizer
 
     def count_tokens(self, texts: list[str]) -> int:
+        return sum(self._tokens_per_text(texts))
+
+    def _tokens_per_text(self, texts: list[str]) -> list[int]:
         encoded = self._tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
-        return sum(len(ids) for ids in encoded["input_ids"])
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True).astype(np.float32)
+
+    def encode_counted(self, texts: list[str],
+                       batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
+        """:meth:`encode` and the tokens embedded per text (the reference path: tokenized
+        twice)."""
+        return self.encode(texts, batch_size), self._tokens_per_text(texts)
 
 
 def load_encoder(model_dir: str | Path, backend: EncoderBackend = EncoderBackend.onnx,

@@ -1,7 +1,9 @@
 """The OpenAI embeddings wire format (the subset this server implements), as pydantic models.
 
 The official ``openai`` client asks for ``encoding_format="base64"`` by default (little-endian
-float32 bytes), so both formats are served.
+float32 bytes), so both formats are served. Input is text only: token ids are refused (see
+:data:`TOKEN_IDS_REFUSED`), and half a surrogate pair in a string is replaced by U+FFFD, as
+ingest does with the corpus.
 """
 
 from __future__ import annotations
@@ -12,10 +14,20 @@ from typing import Literal, Union
 import numpy as np
 from pydantic import BaseModel, Field
 
+# light (re and the stdlib html parser): the replica and the package import stay torch-free
+from customir.corpus.readers import whole_characters
+
+# Ids from another tokenizer (LangChain's OpenAIEmbeddings sends tiktoken ids by default) would
+# be embedded as this model's tokens without an error, so they are refused with what to send.
+TOKEN_IDS_REFUSED = (
+    "'input' must be text (a string or a list of strings); token ids are not accepted, since "
+    "ids from another tokenizer would embed the wrong words. LangChain's OpenAIEmbeddings sends "
+    "token ids unless created with check_embedding_ctx_length=False")
+
 
 class EmbeddingRequest(BaseModel):
     input: Union[str, list[str], list[int], list[list[int]]] = Field(
-        description="Text or list of texts (token-id input is rejected with a clear error).")
+        description="Text or list of texts (token-id input is refused with what to send).")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -67,10 +79,14 @@ class RequestError(ValueError):
 
 def validate_request(request: EmbeddingRequest, served_model: str, dimension: int,
                      max_items: int, max_chars: int = 20000) -> list[str]:
-    """The texts to embed, or a RequestError saying what is wrong with the request.
+    """The texts to embed, or a RequestError saying what is wrong with the request. A lone
+    surrogate (legal JSON, e.g. ``"\\ud83d"`` from a client that cut an emoji in half; no
+    tokenizer accepts it) becomes U+FFFD, as in ingest, rather than failing the request.
 
     >>> validate_request(EmbeddingRequest(input="hi"), "m", 384, 10)
     ['hi']
+    >>> validate_request(EmbeddingRequest(input="cut \\ud83d"), "m", 384, 10) == ["cut \\ufffd"]
+    True
     """
     if request.model is not None and request.model != served_model:
         raise RequestError(f"model {request.model!r} is not served here; use {served_model!r}",
@@ -82,7 +98,7 @@ def validate_request(request: EmbeddingRequest, served_model: str, dimension: in
     if not texts:
         raise RequestError("'input' must not be empty", "input")
     if not all(isinstance(t, str) for t in texts):
-        raise RequestError("token-id input is not supported; send strings", "input")
+        raise RequestError(TOKEN_IDS_REFUSED, "input")
     if len(texts) > max_items:
         raise RequestError(f"'input' has {len(texts)} items; at most {max_items} per request",
                            "input")
@@ -93,7 +109,7 @@ def validate_request(request: EmbeddingRequest, served_model: str, dimension: in
     if long:
         raise RequestError(f"'input' item {long[0]} has {len(texts[long[0]])} characters; at "
                            f"most {max_chars} per item", "input")
-    return texts
+    return [whole_characters(t) for t in texts]
 
 
 def encode_embedding(vector: np.ndarray, encoding_format: str) -> Union[list[float], str]:
