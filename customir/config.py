@@ -232,7 +232,8 @@ class MineConfig(_Section):
     num_workers: int = Field(1, description="Mining actors (each opens the shared index once).")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources each mining actor asks for (e.g. "
-        "{cpu_node: 1} to keep mining off GPU nodes; see cluster/cluster.yaml).")
+        "{cpu_node: 1} to keep mining off GPU nodes: cluster/cluster.yaml's cpu_worker nodes "
+        "declare it).")
 
 
 class ProfileMode(str, enum.Enum):

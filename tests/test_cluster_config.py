@@ -11,6 +11,8 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 
+from customir.config import MineConfig
+
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 
 
@@ -23,14 +25,20 @@ def test_cluster_yaml_passes_ray_schema():
     validate_config(prepare_config(launcher_config()))
 
 
-def test_cluster_yaml_has_cpu_head_and_autoscaling_gpu_workers():
+def test_cluster_yaml_has_cpu_head_and_autoscaling_gpu_and_cpu_workers():
     config = launcher_config()
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
     assert head["resources"] == {"CPU": 0} and head["max_workers"] == 0
-    (gpu,) = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert set(types) == {config["head_node_type"], "gpu_worker", "cpu_worker"}
+    gpu, cpu = types["gpu_worker"], types["cpu_worker"]
     assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))  # AWS GPU families
-    assert 0 <= gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
+    assert not cpu["node_config"]["InstanceType"].startswith(("g", "p"))
+    # the resource mine.resources_per_worker's documented example asks for exists, on CPU nodes
+    assert cpu["resources"] == {"cpu_node": 1} and "cpu_node" not in gpu["resources"]
+    assert "cpu_worker" in MineConfig.model_fields["resources_per_worker"].description
+    for workers in (gpu, cpu):
+        assert 0 <= workers["min_workers"] < workers["max_workers"] <= config["max_workers"]
 
 
 def test_broken_cluster_yaml_fails_ray_schema():
