@@ -132,15 +132,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_on_loopback(app):
-    """Run an ASGI app (a small FastAPI server) with uvicorn on 127.0.0.1; yield its /v1 URL."""
+def serve_on_loopback(app, start_timeout_s: float = 60.0):
+    """Run an ASGI app (a small FastAPI server) with uvicorn on 127.0.0.1; yield its /v1 URL.
+
+    A server that cannot start (the port was taken between free_port() and the bind: uvicorn
+    then exits its thread) fails the test at once instead of waiting forever."""
     import uvicorn
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + start_timeout_s
     while not server.started:
+        if not thread.is_alive():
+            pytest.fail(f"the loopback server on 127.0.0.1:{port} exited before it started "
+                        "(port taken?)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            pytest.fail(f"the loopback server on 127.0.0.1:{port} did not start within "
+                        f"{start_timeout_s:g} s")
         time.sleep(0.05)
     try:
         yield f"http://127.0.0.1:{port}/v1"

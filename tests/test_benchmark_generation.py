@@ -33,4 +33,18 @@ def test_stage_and_raw_llamacpp_side_by_side(tmp_path):
     assert figures["ratio_vs_raw_llamacpp"] == pytest.approx(
         figures["stage_tokens_per_s"] / figures["raw_tokens_per_s"], rel=0.01)
     samples = json.loads((tmp_path / "out" / "samples.json").read_text())
+    # {kind: up to 20 distinct queries, each with the (first 160 characters of the) chunks it
+    # was written from}: one entry per kind that has query rows, LLM-written kinds among them
+    assert set(samples) == set(figures["query_rows_by_kind"])
     assert set(samples) & {"keyword", "question", "claim"}
+    shown_chunks = set()
+    for kind, kind_samples in samples.items():
+        assert 1 <= len(kind_samples) <= min(20, figures["query_rows_by_kind"][kind]), kind
+        queries = [s["query"] for s in kind_samples]
+        assert len(set(queries)) == len(queries), kind
+        for sample in kind_samples:
+            assert isinstance(sample["query"], str), sample
+            assert sample["chunks"], sample
+            assert all(0 < len(text) <= 160 for text in sample["chunks"].values()), sample
+            shown_chunks |= set(sample["chunks"])
+    assert 1 <= len(shown_chunks) <= 2  # --chunks 2

@@ -6,6 +6,7 @@ construct as Ray's RuntimeEnv, which rejects malformed pip / env_vars."""
 import copy
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -44,8 +45,12 @@ def test_cluster_yaml_has_cpu_head_and_autoscaling_gpu_and_cpu_workers():
 def test_broken_cluster_yaml_fails_ray_schema():
     config = copy.deepcopy(launcher_config())
     config["available_node_types"]["gpu_worker"]["max_workers"] = "four"
-    with pytest.raises(Exception, match="four"):
+    # Ray validates against ray-schema.json with jsonschema (what `ray up` does)
+    with pytest.raises(jsonschema.ValidationError,
+                       match="'four' is not of type 'integer'") as refused:
         validate_config(prepare_config(config))
+    assert list(refused.value.absolute_path) == ["available_node_types", "gpu_worker",
+                                                 "max_workers"]
 
 
 @pytest.mark.parametrize("name", ["runtime_env.yaml", "runtime_env_gpu.yaml"])

@@ -1,3 +1,5 @@
+import hashlib
+
 from customir.queries.filtering import choose_llm_chunks, query_id, reject_reason, word_count
 from customir.queries.signals import first_chunks_under_headings, structural_queries
 
@@ -36,8 +38,15 @@ def test_llm_sample_is_deterministic_and_grows_monotonically():
 
 
 def test_query_ids_are_stable():
-    assert query_id("keyword", "q", "c#0") == query_id("keyword", "q", "c#0")
-    assert query_id("keyword", "q", "c#0") != query_id("question", "q", "c#0")
+    # schemas.py: query_id is the sha1 of (kind, query, chunk_id) joined by \x1f, first 16 hex
+    # digits. Pinned literals (not f(x) == f(x) in one process): an id from Python's salted
+    # hash() would change between runs and break resume and the joins between stages.
+    assert query_id("keyword", "q", "c#0") == "b3203ad30e7cee57"
+    assert query_id("question", "q", "c#0") == "e57cd011d6cbde15"
+    for kind, query, chunk in [("keyword", "does metformin lower glucose", "d1#3"),
+                               ("title", "二甲双胍", "x.eml#0")]:
+        key = f"{kind}\x1f{query}\x1f{chunk}".encode()
+        assert query_id(kind, query, chunk) == hashlib.sha1(key).hexdigest()[:16]
 
 
 def test_an_empty_query_is_always_rejected():

@@ -107,5 +107,8 @@ def test_a_timed_out_request_becomes_a_counted_error_row(endpoint):
                        {"type": "object", "properties": {}}, 16, 0.0)
     started = time.monotonic()
     out = udf(pa.Table.from_pylist([slow], schema=REQUESTS)).to_pylist()[0]
-    assert time.monotonic() - started < 2.5
+    # The server would answer after 3 s, and a reply would be no error row, so the "Timeout"
+    # error itself shows the client gave up at timeout_s; no wall-clock upper bound (it only
+    # flaked on a loaded machine). It did wait for the timeout first:
+    assert time.monotonic() - started >= 0.4
     assert out["finish_reason"] == "error" and "Timeout" in out["error"]

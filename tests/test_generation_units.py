@@ -1,6 +1,7 @@
 """Query generation's pure parts: prompts, reply validation, profile, free signals, vLLM
 pre/post-processing and the answering UDF — no Ray, no model."""
 
+import hashlib
 import importlib.util
 import json
 
@@ -207,8 +208,15 @@ def test_kind_shares_are_seeded_coins():
     ids = [f"c{i}" for i in range(400)]
     half = sum(chosen(c, 0.5, 13, "question") for c in ids)
     assert 160 < half < 240
-    assert [chosen(c, 0.5, 13, "question") for c in ids] == \
-        [chosen(c, 0.5, 13, "question") for c in ids]
+    # The documented coin: sha1 of "{seed}:{salt}:{key}", first 12 hex digits as a fraction of
+    # 16**12, below share. Computed independently here (and pinned for the first ids), so a
+    # coin from Python's per-process salted hash() fails instead of agreeing with itself.
+    def coin(key: str) -> bool:
+        digest = hashlib.sha1(f"13:question:{key}".encode()).hexdigest()
+        return int(digest[:12], 16) / 16 ** 12 < 0.5
+    assert [chosen(c, 0.5, 13, "question") for c in ids] == [coin(c) for c in ids]
+    assert [chosen(f"c{i}", 0.5, 13, "question") for i in range(8)] == \
+        [False, True, False, True, True, True, True, True]
     assert GenerateConfig(kinds=["keyword"]).kinds == {"keyword": 1.0}
     with pytest.raises(ValueError, match="within 0-1"):
         GenerateConfig(kinds={"keyword": 2.0})

@@ -136,8 +136,10 @@ def test_retry_after_sets_the_wait_before_the_retry():
         llm.complete_json(MESSAGES, SCHEMA, 50)
         (first, *_, fault), (retry, *_, none) = server.events
     assert (fault, none) == (Fault.rate_limited, None)
-    # The client's own first backoff is at most 0.5 s; the server asked for 1.5 s.
-    assert 1.5 <= retry - first < 3.0
+    # The client's own first backoff is at most 0.5 s; the server asked for 1.5 s: the lower
+    # bound is the behaviour under test. The upper bound only catches a wait far beyond the
+    # asked one (generous: a loaded machine delays the retry, never shortens it).
+    assert 1.5 <= retry - first < 10.0
 
 
 @pytest.mark.parametrize("fault, message", [(Fault.server_error, "500"),

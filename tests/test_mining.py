@@ -129,6 +129,7 @@ def test_inverse_cloze_margin_on_the_dense_backend_uses_the_training_positive(tm
     wanted, chunk = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
     assert row["positive_score"] == pytest.approx(wanted, abs=1e-5)
     assert abs(wanted - chunk) > 0.1  # the chunk's own score would be another margin
+    assert row["candidate_scores"]  # else the margin check below holds for nothing
     assert all(s <= 0.95 * wanted for s in row["candidate_scores"])
     assert mining_counts(pa.Table.from_pylist([row]), miner.config)[
         "inverse_cloze_not_mined"] == 0

@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import openai
 import pyarrow as pa
 import pytest
 
@@ -152,8 +153,14 @@ def test_a_malformed_reply_is_named_retried_if_not_json_and_counted(odd_endpoint
     assert reply["finish_reason"] == "error" and message.format(url=url) in reply["error"]
     assert reply["attempts"] == hits[kind] == attempts  # a reply body that is no reply: retried
     llm = OpenAIHttpLLM(LLMConfig(backend="openai", base_url=url, model="m", max_retries=1))
-    with pytest.raises(Exception):  # noqa: B017 - the reply row above says which
+    name, _, text = message.format(url=url).partition(": ")
+    # MalformedReply is ours; a DecodingError is raised by the response hook inside the openai
+    # client, which retries it like a dropped connection and then raises APIConnectionError
+    expected = MalformedReply if name == "MalformedReply" else openai.APIConnectionError
+    with pytest.raises(expected) as raised:
         llm.complete_json([{"role": "user", "content": "hi"}], {"type": "object"}, 8)
+    error = raised.value if name == "MalformedReply" else raised.value.__cause__
+    assert type(error).__name__ == name and str(error) == text
     assert llm.take_request_counts() == RequestCounts(requests=1, attempts=attempts, failed=1)
 
 

@@ -1,17 +1,20 @@
 import pytest
 
 from customir.config import VerifyMethod
-from customir.llm.prompts import (JUDGE_INSTRUCTION, build_judge_prompt, build_scoring_prompt,
-                                  judge_score)
+from customir.llm.prompts import (JUDGE_INSTRUCTION, SCORING_INSTRUCTION, build_judge_prompt,
+                                  build_scoring_prompt, judge_score)
 from customir.llm.scripted import ScriptedLLM
 from customir.negatives.verify import score_pair
 
 def test_scoring_prompts_share_their_instruction_prefix():
-    a, b = build_scoring_prompt("first"), build_scoring_prompt("second")
-    common = 0
-    while a[common] == b[common]:
-        common += 1
-    assert a[:common].startswith("Read the passage") and a.endswith("Query:")
+    # llama.cpp reuses the KV cache of a shared prompt prefix only: the whole fixed
+    # instruction must come first, before (and not interleaved with) the passage.
+    assert SCORING_INSTRUCTION.startswith("Read the passage")
+    for passage in ("first passage", "second passage"):
+        prompt = build_scoring_prompt(passage)
+        assert prompt.startswith(SCORING_INSTRUCTION), prompt
+        assert prompt.index(passage) >= len(SCORING_INSTRUCTION), prompt
+        assert prompt.endswith("Query:")
 
 
 def test_judge_prompt_and_score_from_choice_probabilities():

@@ -128,6 +128,7 @@ def test_mining_backends_share_one_index_per_run(run_dir, backend):
     assert "d1#0" not in aspirin["candidate_chunk_ids"]
     if backend == "pyserini":  # Lucene ranks like bm25s: the other aspirin passage first
         assert aspirin["candidate_chunk_ids"][0] == "d5#0"
+    assert any(r["candidate_scores"] for r in rows)  # the margin check below is not vacuous
     assert all(s <= 0.95 * r["positive_score"] for r in rows for s in r["candidate_scores"])
     assert mined.balances["queries"].n_in == mined.balances["queries"].n_out
     # new selection rules re-mine but reuse the index built for these chunks

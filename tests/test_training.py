@@ -133,14 +133,23 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(triples, tmp_path
 def test_other_losses_train(triples, tmp_path, loss):
     manifest, _ = _train(triples, tmp_path, loss=loss, mini_batch_size=4, eval_steps=2,
                          max_steps=2, temperature=0.02)
-    assert manifest.extra["metrics"]["steps"] == 2
+    metrics = manifest.extra["metrics"]
+    assert metrics["steps"] == 2
+    # the Hugging Face trainer ran with the configured loss, not the default MNRL
+    assert metrics["loss_class"] == {"cached_mnrl": "CachedMultipleNegativesRankingLoss",
+                                     "gist": "GISTEmbedLoss"}[loss]
+    assert metrics["deepspeed"] is False
 
 
 def test_deepspeed_zero2_on_two_cpu_workers(triples, tmp_path):
     pytest.importorskip("deepspeed")
     manifest, out = _train(triples, tmp_path, deepspeed_stage=2, num_workers=2,
                            cpus_per_worker=1, batch_size=4, eval_steps=2, max_steps=2)
-    assert manifest.extra["metrics"]["steps"] == 2
+    metrics = manifest.extra["metrics"]
+    assert metrics["steps"] == 2
+    # the trainer really ran under DeepSpeed ZeRO-2 (not a silent fallback to plain DDP)
+    assert metrics["deepspeed"] is True and metrics["deepspeed_zero_stage"] == 2
+    assert metrics["loss_class"] == "MultipleNegativesRankingLoss"
     assert (out / trainer.MODEL_DIR / "config.json").is_file()
 
 
@@ -324,6 +333,36 @@ def test_a_resumed_run_gets_back_the_best_checkpoint_its_state_names(tmp_path):
     plain = _checkpoint(tmp_path / "other", "c", {"global_step": 5})
     assert trainer.restore_best_checkpoint(str(plain), str(tmp_path / "other"), scratch) == str(
         plain)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from customir.models import load_sentence_transformer
+
+    return load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+
+
+@pytest.mark.parametrize("loss, expected", [
+    ("mnrl", "MultipleNegativesRankingLoss"),
+    ("cached_mnrl", "CachedMultipleNegativesRankingLoss"),
+    ("gist", "GISTEmbedLoss")])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_train_loss_builds_its_sentence_transformers_loss(minilm, loss, expected, workers):
+    """No Ray: make_loss alone (the Ray tests above then check the trainer used it)."""
+    from customir.train.losses import make_loss
+
+    config = TrainConfig(loss=loss, temperature=0.02, mini_batch_size=4, num_workers=workers)
+    built = make_loss(minilm, config, guide=minilm if loss == "gist" else None)
+    assert type(built).__name__ == expected  # exact class: CachedMNRL is not plain MNRL
+    assert built.gather_across_devices is (workers > 1)
+    if loss == "gist":
+        assert built.temperature == 0.02 and built.guide is minilm
+        with pytest.raises(ValueError, match="the gist loss needs a guide model"):
+            make_loss(minilm, config)
+    else:
+        assert built.scale == pytest.approx(1 / 0.02)
+    if loss == "cached_mnrl":
+        assert built.mini_batch_size == 4
 
 
 def test_deepspeed_asked_for_but_missing_is_one_clear_error(tmp_path, monkeypatch):

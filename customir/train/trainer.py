@@ -190,7 +190,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "loop_started_at": started, "training_started_at": training,
                    "training_ended_at": trained, "torch_threads": torch.get_num_threads(),
                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                   "parallel_mode": str(args.parallel_mode.value)}
+                   "parallel_mode": str(args.parallel_mode.value),
+                   # what the Hugging Face trainer actually ran with: its loss, and the
+                   # DeepSpeed engine it trained through (trainer.deepspeed, None without)
+                   "loss_class": type(trainer.loss).__name__,
+                   "deepspeed": trainer.deepspeed is not None,
+                   "deepspeed_zero_stage": (trainer.deepspeed.zero_optimization_stage()
+                                            if trainer.deepspeed is not None else None)}
         if rank == 0:
             final = Path(scratch) / FINAL
             model.save(str(final / MODEL_DIR))  # the best model when validation ran
