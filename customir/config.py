@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +24,23 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from customir.llm.gguf import EMBEDDED_MODELS
 from customir.models import BASE_MODELS
+
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+
+
+def env_var_label(name: str) -> str:
+    """How a message names the environment variable ``name``: by name when it looks like one
+    (upper case, at most 64 characters), else generically, since a key pasted into an
+    ``api_key_env`` setting can also pass as a variable name and must never be echoed.
+
+    >>> env_var_label("OPENAI_API_KEY")
+    'OPENAI_API_KEY'
+    >>> env_var_label("gsk_8fQ2x")
+    'the variable it names'
+    """
+    return name if _CONVENTIONAL_ENV_NAME.fullmatch(name) else "the variable it names"
 
 
 class _Section(BaseModel):
@@ -96,7 +114,7 @@ class LLMConfig(_Section):
     )
     base_url: str | None = Field(None, description="openai backend: the endpoint's /v1 URL.")
     api_key_env: str = Field(
-        "OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        "OPENAI_API_KEY", pattern=ENV_NAME_PATTERN,
         description="openai backend: the name of the environment variable holding the API key "
         "(never the key itself).")
     n_ctx: int = Field(2048, ge=1, description="llamacpp: context window in tokens.")
@@ -515,7 +533,10 @@ class EvaluateConfig(_Section):
 
 class ExportConfig(_Section):
     opset: int = Field(17, description="ONNX opset.")
-    min_cosine: float = Field(0.9999, description="Parity check: fail below this cosine.")
+    min_cosine: float = Field(0.9999, le=1, description="Parity check: fail below this cosine.")
+    max_abs_diff: float = Field(
+        1e-4, gt=0, description="Parity check: fail where a coordinate differs by more (fp32 "
+        "ONNX vs torch differ by ~1e-7 on MiniLM; a graph without normalization by ~1e-1).")
     parity_samples: int = Field(32, description="Texts compared between torch and ONNX.")
     int8: bool = Field(
         True, description="Also write model.int8.onnx (onnxruntime dynamic quantization), kept "
@@ -568,8 +589,9 @@ class ServeConfig(_Section):
                                   "replicas: Ray Serve's proxy actor, or HAProxy (faster). See "
                                   "ServeIngress.")
     api_key_env: str | None = Field(
-        None, description="If set, requests need 'Authorization: Bearer <key>' with the key "
-        "from this environment variable.")
+        None, pattern=ENV_NAME_PATTERN, description="If set, requests need 'Authorization: "
+        "Bearer <key>' with the key from this environment variable (its name, never the key "
+        "itself).")
     max_input_chars: int = Field(
         20000, ge=1, description="Longer input strings are rejected (400). Within the limit, "
         "text is truncated to the model's max_seq_length tokens; usage counts the tokens "

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from customir.config import ConfigError, LLMBackend, load_config
+from customir.config import ConfigError, LLMBackend, ServeConfig, load_config
 
 
 def test_yaml_paths_resolve_against_the_file(tmp_path):
@@ -213,3 +213,20 @@ def test_an_api_key_given_as_the_variable_name_is_refused_without_echoing_it():
     assert "abc123" not in str(error.value)
     assert load_config(None, ["generate.llm.api_key_env=MY_KEY_2"]).generate.llm.api_key_env == \
         "MY_KEY_2"
+    with pytest.raises(ConfigError, match="serve.api_key_env: must name") as error:
+        load_config(None, ["serve.api_key_env=sk-live-abc123"])
+    assert "abc123" not in str(error.value)
+
+
+def test_an_unset_serve_key_variable_is_named_only_when_it_looks_like_one(monkeypatch):
+    from customir.serve.app import api_key
+
+    monkeypatch.delenv("CUSTOMIR_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(ValueError, match="serve.api_key_env: CUSTOMIR_TEST_UNSET_KEY is not set"):
+        api_key(ServeConfig(api_key_env="CUSTOMIR_TEST_UNSET_KEY"))
+    monkeypatch.delenv("hf_pastedKey123", raising=False)
+    with pytest.raises(ValueError) as error:
+        api_key(ServeConfig(api_key_env="hf_pastedKey123"))
+    assert "pastedKey" not in str(error.value)
+    monkeypatch.setenv("CUSTOMIR_TEST_SET_KEY", "s3cret")
+    assert api_key(ServeConfig(api_key_env="CUSTOMIR_TEST_SET_KEY")) == "s3cret"

@@ -181,7 +181,7 @@ def test_boilerplate_titles_and_headings_are_dropped_and_counted():
         ("p2", "title"): "file_name_title",
         # a heading of two documents fits both: neither may keep it (the other would become
         # its false negative), so it is not a first-come duplicate
-        ("p2", "heading"): "generic_heading", ("p4", "heading"): "generic_heading",
+        ("p2", "heading"): "shared_title", ("p4", "heading"): "shared_title",
         ("p3", "title"): "copied_from_passage", ("p3", "heading"): "generic_heading",
         ("p4", "title"): None, ("p5", "title"): "file_name_title",
     }
@@ -338,3 +338,13 @@ def test_an_llm_that_answered_nothing_but_errors_is_told_apart():
     bad_replies = _answers({}, {**down, ("q:c", "keyword"): ("not_json", "Sure, ...")})
     assert first_error_when_nothing_answered(bad_replies) is None  # it answered, badly
     assert first_error_when_nothing_answered(Answers()) is None  # nothing was asked
+
+
+def test_inverse_cloze_splits_on_lowercase_only_in_text_without_capitals():
+    """One sentence with capitals is one sentence, abbreviations and all: "wk." and "no." must
+    not split it; only lower-cased text may start a sentence with a lowercase letter."""
+    one = ("Patients were seen every 2 wk. and the no. of visits fell as the treatment of "
+           "their chronic pain went on for a whole year.")
+    assert inverse_cloze_pair(one, "c#0", seed=0) is None
+    lowered = inverse_cloze_pair(one.lower(), "c#0", seed=0)
+    assert lowered is not None and lowered[0] in one.lower()

@@ -256,3 +256,19 @@ def test_stages_with_other_index_settings_keep_their_own_index(tmp_path):
     assert first.name.startswith("bm25s-") and second.name.startswith("bm25s-")
     assert ensure_index(chunks, tmp_path, default) == first
     assert Manifest.read(first).finished_at == built  # reused, not rebuilt
+
+
+def test_an_index_of_an_older_format_is_rebuilt_not_reused(tmp_path, monkeypatch):
+    """An index written before the format changed (e.g. a bm25s index without customir.json)
+    lives under another hash, so a rerun builds the new format instead of reusing it."""
+    from customir.negatives import index
+    from customir.schemas import CHUNKS
+
+    from conftest import ONE_CHUNK, write_stage
+
+    chunks = write_stage(tmp_path / "chunks", CHUNKS, [ONE_CHUNK])
+    monkeypatch.setattr(index, "INDEX_FORMAT", "1")
+    old = index.ensure_index(chunks, tmp_path, MineConfig())
+    monkeypatch.undo()
+    new = index.ensure_index(chunks, tmp_path, MineConfig())
+    assert new != old and (new / "bm25s" / "customir.json").exists()

@@ -193,9 +193,28 @@ def test_a_refused_key_is_asked_for_once_and_the_unset_variable_named(odd_endpoi
     assert answers.usage["rejected"] == {"llm_error": 50}
     assert asking.first_error_when_nothing_answered(answers) == (
         "AuthenticationError: Error code: 401 - Incorrect API key provided "
-        "(llm.api_key_env CUSTOMIR_TEST_UNSET_KEY is not set)")
+        "(llm.api_key_env: CUSTOMIR_TEST_UNSET_KEY is not set)")
     monkeypatch.setenv("CUSTOMIR_TEST_UNSET_KEY", "sk-wrong-but-set")
     answers = asking.ask_with_retries(asks[:1], config, max_attempts=3, retry_temperature=0.7,
                                       batch_size=1, num_workers=1)
     error = asking.first_error_when_nothing_answered(answers)
     assert error.endswith("Incorrect API key provided") and "sk-wrong" not in error
+
+
+def test_a_key_pasted_as_the_variable_name_is_not_echoed_by_a_refusal(odd_endpoint,
+                                                                      monkeypatch):
+    """``gsk_…``/``hf_…`` keys pass as variable names; the 401 hint must not repeat them."""
+    base, _ = odd_endpoint
+    monkeypatch.setattr(asking, "answer_requests",
+                        lambda requests, config, **_: ChatAnswerer(config)(requests))
+    pasted = "gsk_8fQ2xLmN0pasted"
+    monkeypatch.delenv(pasted, raising=False)
+    config = LLMConfig(backend="openai", base_url=f"{base}/refuse/v1", model="m",
+                       api_key_env=pasted)
+    asks = [asking.Ask("a", {"q": "keyword"}, [{"role": "user", "content": "p"}],
+                       lambda keys: {"type": "object"}, lambda key, value: value, 16)]
+    answers = asking.ask_with_retries(asks, config, max_attempts=1, retry_temperature=0.7,
+                                      batch_size=1, num_workers=1)
+    error = asking.first_error_when_nothing_answered(answers)
+    assert error.endswith("(llm.api_key_env: the variable it names is not set)")
+    assert "8fQ2x" not in error

@@ -225,6 +225,10 @@ def test_markdown_headings_keep_a_trailing_hash_and_tilde_fences_hide_comments(t
     ("Исследование показало, что уровень белка в крови снизился у пациентов.", "cp1251"),
     ("Исследование показало, что уровень белка в крови снизился у пациентов.", "koi8_r"),
     ("Η μελέτη έδειξε ότι τα επίπεδα πρωτεΐνης μειώθηκαν σημαντικά.", "cp1253"),
+    # short: charset-normalizer's first guess reads it as Hebrew vowel points (cp1255)
+    ("Инсулин снижает сахар крови.", "koi8_r"),
+    ("Привет, как дела у тебя сегодня?", "koi8_r"),
+    ("המטופל קיבל אינסולין לטיפול בסוכרת שלו היום.", "cp1255"),
 ])
 def test_an_undeclared_non_latin_code_page_is_detected(tmp_path, text, encoding):
     """Read as Windows-1252 such a file used to become mojibake ('Èññëåäîâàíèå ...')."""

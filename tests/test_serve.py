@@ -292,10 +292,14 @@ def test_a_model_without_normalize_exports_unit_vectors_like_the_torch_backend(e
 
 def test_parity_fails_on_vectors_of_the_wrong_length_whatever_their_cosine():
     torch_emb = np.eye(3, 8, dtype=np.float32)
-    assert onnx.parity_failures(onnx._compare(torch_emb, torch_emb), 0.9999) == []
+    assert onnx.parity_failures(onnx._compare(torch_emb, torch_emb), ExportConfig()) == []
     check = onnx._compare(torch_emb, 3 * torch_emb)  # same directions: cosine 1
     assert check["min_cosine"] > 0.9999
-    assert [r.split()[0] for r in onnx.parity_failures(check, 0.9999)] == ["max", "ONNX"]
+    assert [r.split()[0] for r in onnx.parity_failures(check, ExportConfig())] == ["max", "ONNX"]
+    near = onnx._compare(torch_emb, torch_emb + np.float32(1e-5))  # within the default 1e-4
+    assert onnx.parity_failures(near, ExportConfig()) == []
+    assert [r.split()[0] for r in onnx.parity_failures(near, ExportConfig(max_abs_diff=1e-6))] \
+        == ["max"]
 
 
 def test_torch_backend_on_an_export_whose_source_model_is_gone_is_one_clear_error(tmp_path):

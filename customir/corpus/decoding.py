@@ -81,8 +81,8 @@ def _decode_single_byte(data: bytes) -> Decoded | None:
     latin = _decode_as(data, "cp1252")
     if latin is not None and not _mostly_beyond_ascii(latin.text):
         return latin
-    other = _detect_non_latin(data)  # also where 1252 fails: 0x81 is Ѓ in 1251, nothing in 1252
-    return other if other is not None and _mostly_beyond_ascii(other.text) else latin
+    # also where 1252 fails: 0x81 is Ѓ in 1251, nothing in 1252
+    return _detect_non_latin(data) or latin
 
 
 def _mostly_beyond_ascii(text: str) -> bool:
@@ -92,10 +92,19 @@ def _mostly_beyond_ascii(text: str) -> bool:
 
 
 def _detect_non_latin(data: bytes) -> Decoded | None:
+    """charset-normalizer's likeliest non-Latin page whose reading is mostly letters beyond
+    ASCII. On a short line its first guess can be a page that reads the bytes as Hebrew
+    vowel points (not letters): the next guess is taken then.
+
+    >>> _detect_non_latin("Инсулин снижает сахар крови.".encode("koi8_r"))
+    Decoded(text='Инсулин снижает сахар крови.', encoding='koi8_r', replaced=0)
+    """
     import charset_normalizer
 
-    best = charset_normalizer.from_bytes(data, cp_isolation=_NON_LATIN_PAGES).best()
-    return None if best is None else Decoded(str(best), best.encoding)
+    for match in charset_normalizer.from_bytes(data, cp_isolation=_NON_LATIN_PAGES):
+        if _mostly_beyond_ascii(str(match)):
+            return Decoded(str(match), match.encoding)
+    return None
 
 
 def _decode_as(data: bytes, encoding: str) -> Decoded | None:

@@ -25,7 +25,7 @@ __all__ = ["Document", "Skip", "READER_VERSION", "corpus_files", "corpus_fingerp
 
 # Part of the ingest stage's config hash, like CHUNKER_VERSION: bump it when the same file gives
 # other text (a reader fixed or improved), so a rerun after an upgrade reads the corpus again.
-READER_VERSION = "3"
+READER_VERSION = "4"
 
 
 @dataclass

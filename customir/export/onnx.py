@@ -7,7 +7,7 @@ break sentence-transformers 6.) A model that does not end in a ``Normalize`` mod
 Hugging Face folder loads as transformer + pooling) gets the L2 normalization in the graph, so
 every backend serves unit vectors, as the torch backend does. The parity check encodes sample
 chunks with both the torch model and the served ONNX encoder and fails below ``min_cosine``, at
-a coordinate more than :data:`PARITY_MAX_ABS_DIFF` off, or at an ONNX vector whose length is
+a coordinate more than ``max_abs_diff`` off, or at an ONNX vector whose length is
 more than :data:`NORM_TOLERANCE` off 1 (cosine alone ignores length).
 """
 
@@ -30,8 +30,6 @@ from customir.schemas import CHUNKS, read_table
 from customir.serve.encoder import EXPORT_CONFIG, OnnxEncoder
 
 STAGE = "export"
-# fp32 ONNX vs torch on MiniLM differ by ~1e-7 per coordinate; an unnormalized graph by ~1e-1
-PARITY_MAX_ABS_DIFF = 1e-4
 NORM_TOLERANCE = 1e-3
 
 
@@ -101,18 +99,19 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict:
             "max_norm_error": float(np.abs(norms - 1).max())}
 
 
-def parity_failures(check: dict, min_cosine: float) -> list[str]:
+def parity_failures(check: dict, config: ExportConfig) -> list[str]:
     """Why a :func:`parity` result fails (empty: it passes). Cosine ignores length, so an
     unnormalized graph passes it; the difference and norm checks catch that.
 
-    >>> parity_failures({"min_cosine": 1.0, "max_abs_diff": 0.4, "max_norm_error": 2.0}, 0.9999)
+    >>> parity_failures({"min_cosine": 1.0, "max_abs_diff": 0.4, "max_norm_error": 2.0},
+    ...                 ExportConfig())
     ['max |diff| 4.00e-01 > 0.0001', 'ONNX vector length off 1 by 2.00e+00 > 0.001']
     """
     reasons = []
-    if check["min_cosine"] < min_cosine:
-        reasons.append(f"min cosine {check['min_cosine']:.6f} < {min_cosine}")
-    if check["max_abs_diff"] > PARITY_MAX_ABS_DIFF:
-        reasons.append(f"max |diff| {check['max_abs_diff']:.2e} > {PARITY_MAX_ABS_DIFF}")
+    if check["min_cosine"] < config.min_cosine:
+        reasons.append(f"min cosine {check['min_cosine']:.6f} < {config.min_cosine}")
+    if check["max_abs_diff"] > config.max_abs_diff:
+        reasons.append(f"max |diff| {check['max_abs_diff']:.2e} > {config.max_abs_diff}")
     if check["max_norm_error"] > NORM_TOLERANCE:
         reasons.append(f"ONNX vector length off 1 by {check['max_norm_error']:.2e} > "
                        f"{NORM_TOLERANCE}")
@@ -190,7 +189,7 @@ def run(model_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
         check = parity(model, tmp, texts)
         log(f"export: parity min cosine {check['min_cosine']:.6f}, "
             f"max |diff| {check['max_abs_diff']:.2e} on {check['n']} texts")
-        if reasons := parity_failures(check, config.min_cosine):
+        if reasons := parity_failures(check, config):
             raise ParityError(f"ONNX parity failed: {'; '.join(reasons)}")
         manifest.balances["parity_texts"] = Balance(len(texts), check["n"])
         manifest.extra.update({"parity": check, "model": meta})

@@ -28,7 +28,8 @@ as a date, jitter, ``x-should-retry``), and two httpx event hooks make them visi
 A JSON object without what was asked for (no choices, a choice without a message, logprobs
 without token offsets) is a :class:`MalformedReply` that names the endpoint. Every call that
 ends in an error, wherever it is raised, counts once in ``RequestCounts.failed``. A 401 or 403
-while ``api_key_env`` names an unset variable says so (the variable's name, never a key).
+while ``api_key_env`` names an unset variable says so (the variable's name only when it looks
+like one, so a key pasted there is never echoed).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from customir.config import LLMConfig, ResponseFormat
+from customir.config import LLMConfig, ResponseFormat, env_var_label
 from customir.llm.protocol import Completion, check_llm
 
 
@@ -166,7 +167,8 @@ class OpenAIHttpLLM:
         except Exception as exc:
             counts.failed += 1
             if self._unset_key and isinstance(exc, (AuthenticationError, PermissionDeniedError)):
-                exc.message = f"{exc.message} (llm.api_key_env {self._unset_key} is not set)"
+                exc.message = (f"{exc.message} (llm.api_key_env: "
+                               f"{env_var_label(self._unset_key)} is not set)")
                 exc.args = (exc.message, *exc.args[1:])
             raise
 

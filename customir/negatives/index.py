@@ -26,6 +26,10 @@ from customir.config import DenseSearch, MineConfig, MiningBackend
 from customir.manifest import Balance, find_complete, fingerprint, log, stage_output
 from customir.schemas import CHUNKS, read_table
 
+# Part of the index hash: bump it when the same settings write other index files (2: bm25s
+# indexes save customir.json, without which text positives cannot be scored), so an index of
+# the old format is rebuilt rather than reused.
+INDEX_FORMAT = "2"
 INDEX_FIELDS = ("backend", "stemmer", "k1", "b", "dense_model", "dense_search",
                 "faiss_min_chunks")
 
@@ -43,6 +47,7 @@ class ChunkIndex(Protocol):
 def index_hash(config: MineConfig) -> str:
     """Hash of the settings that change the index (not the selection rules)."""
     fields = config.model_dump(mode="json", include=set(INDEX_FIELDS))
+    fields["format"] = INDEX_FORMAT
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,8 +12,9 @@
    that answers nothing but errors (endpoint down, unknown model, wrong key) — here or as the
    judge — stops the stage before anything is written.
 4. **Filters** over all candidates, in this order — balance ``queries``: length, copies of the
-   passage, "the passage", boilerplate titles and headings ("Introduction", file names, one
-   that several documents share: ``generic_heading``, ``file_name_title``), exact and near
+   passage, "the passage", boilerplate titles and headings ("Introduction", file names:
+   ``generic_heading``, ``file_name_title``) and ones several documents share
+   (``shared_title``), exact and near
    duplicates (base-model cosine), round-trip
    consistency (an LLM query must find one of its chunks in the ranker's top k; Promptagator),
    LLM-judge grade (Nemotron; off unless ``judge_min_score``).
@@ -223,7 +224,7 @@ def llm_candidates(answers: Answers, chunks: Chunks,
 def filter_each(candidates: list[Candidate], chunks: Chunks, config: GenerateConfig) -> None:
     """Drop (set ``reason`` of) each candidate that fails a per-query filter or repeats a kept
     query. A title or heading that several documents share fits each of them, so every copy is
-    dropped (``generic_heading``) rather than the first document's kept as the answer."""
+    dropped (``shared_title``) rather than the first document's kept as the answer."""
     structural = [i for i, c in enumerate(candidates) if c.origin == "structural"]
     shared = {i for i, flag in zip(structural, shared_by_documents(
         [candidates[i].query for i in structural],
@@ -239,7 +240,7 @@ def filter_each(candidates: list[Candidate], chunks: Chunks, config: GenerateCon
                                  config.max_copy_overlap)
         if c.reason is None and c.origin == "structural":
             c.reason = structural_reason(c.query, passage) or (
-                "generic_heading" if i in shared else None)
+                "shared_title" if i in shared else None)
         key = " ".join(c.query.lower().split())
         if c.reason is None and key in seen:
             c.reason = "duplicate"

@@ -2,9 +2,9 @@
 
 - Structural pseudo-queries: a document's title (an e-mail's subject line) for its first chunk,
   a markdown/HTML heading for the first chunk under it. Boilerplate ones ("Introduction", a
-  "Microsoft Word - draft.docx" title, a title that is its whole chunk, a heading several
-  documents share) say nothing about their chunk and are dropped (:func:`structural_reason`,
-  :func:`shared_by_documents`).
+  "Microsoft Word - draft.docx" title, a title that is its whole chunk) say nothing about their
+  chunk and are dropped (:func:`structural_reason`); so is one several documents share
+  (:func:`shared_by_documents`), which fits each of them.
 - Inverse cloze (Lee et al. 2019, ORQA): one sentence of a chunk as the query, the rest of the
   chunk as the positive — the sentence is removed so the pair is not solved by string matching.
 - Related chunks: a multi-hop question's other passages are the anchor's nearest neighbours
@@ -20,7 +20,7 @@ from customir.queries.filtering import word_count
 
 # Part of the generate stage's config hash: bump it when the same chunks give other free
 # signals or other structural filter verdicts, so a rerun does not reuse the old queries.
-SIGNALS_VERSION = "2"
+SIGNALS_VERSION = "3"
 
 _REPLY_PREFIX = re.compile(r"^((re|fwd?|aw|wg)\s*:\s*)+", re.IGNORECASE)
 # A run of sentence-final marks (Latin or full-width), the closing quotes and brackets after
@@ -35,14 +35,16 @@ _INITIALISM = re.compile(r"(?:[a-z]\.)+[a-z]")  # e.g, i.e, u.s (the last full s
 _WORD = re.compile(r"\w+")
 # Section names every paper or report has: as a query they fit every document of the corpus.
 _GENERIC_HEADING = re.compile(
-    r"(?:(?:\d+(?:\.\d+)*|[ivxlc]+)[.):]?\s+)?"  # "1.", "2.1", "IV." numbering
+    r"(?:(?:\d+(?:\.\d+)*|(?=[ivx])x{0,3}(?:ix|iv|v?i{0,3}))[.):]?\s+)?"  # "1.", "2.1", "IV."
     r"(?:abstract|introduction|background|methods?|methodology|materials and methods|"
     r"methods and materials|results|results and discussion|discussion|conclusions?|summary|"
     r"references|bibliography|acknowledge?ments?|appendix(?: [a-z0-9]+)?|keywords|untitled|"
     r"untitled document|contents|table of contents)\W*")
-# Titles a PDF or Office file carries from the program or file that made it.
+# Titles a PDF or Office file carries from the program or file that made it: "Microsoft Word -
+# …", or a bare file name (one word ending in a document extension; "Parsing config.txt" stays).
 _FILE_NAME_TITLE = re.compile(
-    r"^microsoft \w+ - |\.(?:docx?|pdf|pptx?|xlsx?|txt|rtf|odt|tex)$", re.IGNORECASE)
+    r"^microsoft (?:word|excel|powerpoint|visio|outlook) - |"
+    r"^\S+\.(?:docx?|pdf|pptx?|xlsx?|txt|rtf|odt|tex)$", re.IGNORECASE)
 
 
 def structural_queries(chunk: dict, first_under_heading: bool) -> list[tuple[str, str]]:
@@ -95,8 +97,9 @@ def structural_reason(query: str, passage: str) -> str | None:
     >>> [structural_reason(q, "Aspirin dose.") for q in ("1. Introduction", "Aspirin dose",
     ...                                                  "Microsoft Word - draft_v3.docx")]
     ['generic_heading', 'copied_from_passage', 'file_name_title']
-    >>> structural_reason("Aspirin dose", "Take 75 mg daily.") is None
-    True
+    >>> [structural_reason(q, "Take 75 mg daily.") for q in (
+    ...     "Aspirin dose", "IV. Results", "Civil Methods", "Parsing config.txt", "notes_v2.txt")]
+    [None, 'generic_heading', None, None, 'file_name_title']
     """
     words = _normalized(query)
     if _GENERIC_HEADING.fullmatch(words):
@@ -185,8 +188,8 @@ def inverse_cloze_pair(text: str, key: str, seed: int, min_query_words: int = 4,
     """(sentence, rest of the chunk) with a seeded choice of sentence, or None when the chunk
     has no sentence long enough with enough text left around it (the stage counts those as
     ``inverse_cloze_no_sentence``). Words are counted as the query filters count them (one per
-    Chinese or Japanese character); in a chunk without a single sentence boundary otherwise
-    (lower-cased text), a lowercase letter may start a sentence.
+    Chinese or Japanese character); in a chunk without a single uppercase letter (lower-cased
+    text), a lowercase letter may start a sentence.
 
     >>> inverse_cloze_pair("Insulin is a hormone made in the pancreas. It lowers blood glucose "
     ...                    "after meals in healthy adults. Its lack causes diabetes in children.",
@@ -194,7 +197,7 @@ def inverse_cloze_pair(text: str, key: str, seed: int, min_query_words: int = 4,
     'It lowers blood glucose after meals in healthy adults.'
     """
     sentences = cloze_sentences(text)
-    if len(sentences) < 2:
+    if len(sentences) < 2 and not any(char.isupper() for char in text):
         sentences = cloze_sentences(text, lowercase_starts=True)
     usable = [i for i, (_, s) in enumerate(sentences) if word_count(s) >= min_query_words]
     if len(sentences) < 2 or not usable:

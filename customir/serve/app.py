@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from customir.config import ConfigError, EncoderBackend, RayConfig, ServeConfig, ServeIngress
+from customir.config import (ConfigError, EncoderBackend, RayConfig, ServeConfig, ServeIngress,
+                             env_var_label)
 from customir.manifest import log
 from customir.node_files import ShippedFolder, resolve
 from customir.serve.openai_schema import (Embedding, EmbeddingRequest, EmbeddingResponse,
@@ -338,7 +339,7 @@ def api_key(config: ServeConfig) -> str | None:
         return None
     key = os.environ.get(config.api_key_env)
     if not key:
-        raise ValueError(f"serve.api_key_env names {config.api_key_env}, which is not set")
+        raise ValueError(f"serve.api_key_env: {env_var_label(config.api_key_env)} is not set")
     return key
 
 
