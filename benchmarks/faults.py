@@ -164,7 +164,7 @@ def server_part(scratch: Path) -> dict:
 
     from customir.config import ServeConfig
     from customir.runtime import ray_session
-    from customir.serve import app
+    from customir.serve import lifecycle
 
     key = "faults-bench-key"
     (scratch / "serve").mkdir()
@@ -185,7 +185,7 @@ def server_part(scratch: Path) -> dict:
         rows.append((what, reply.status_code))
 
     with ray_session():
-        base = app.start(export, config)
+        base = lifecycle.start(export, config)
         try:
             with httpx.Client(timeout=60) as client:
                 def good() -> bool:
@@ -213,13 +213,13 @@ def server_part(scratch: Path) -> dict:
                 counts["batched_with_it_200"] = sum(r.status_code == 200 for r in replies[1:])
                 rows.append(("lone surrogate (+6 good)", replies[0].status_code))
         finally:
-            app.stop()
+            lifecycle.stop()
     # a keyed server: missing and wrong keys
     import os
     os.environ["CUSTOMIR_FAULTS_KEY"] = key
     keyed = ServeConfig(port=_free_port(), api_key_env="CUSTOMIR_FAULTS_KEY")
     with ray_session():
-        url = app.start(export, keyed) + "/embeddings"
+        url = lifecycle.start(export, keyed) + "/embeddings"
         try:
             with httpx.Client(timeout=60) as client:
                 for what, headers in (("missing key", {}),
@@ -231,7 +231,7 @@ def server_part(scratch: Path) -> dict:
                                      headers={"Authorization": f"Bearer {key}"})
                     counts["good_after_bad_ok"] += ok.status_code == 200
         finally:
-            app.stop()
+            lifecycle.stop()
     return {"counts": counts, "replies": rows}
 
 

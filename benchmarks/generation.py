@@ -66,10 +66,11 @@ def write_block(table, folder: Path) -> Path:
 def first_round_prompts(chunks_dir: Path, run_dir: Path, config) -> list[tuple[list, dict, int]]:
     """The stage's first-round (messages, schema, max_tokens), rebuilt by its own functions."""
     from customir.queries import generate
+    from customir.queries.candidates import Chunks
     from customir.queries.filtering import chosen, choose_llm_chunks
     from customir.schemas import CHUNKS, read_table
 
-    chunks = generate.Chunks(read_table(chunks_dir, CHUNKS))
+    chunks = Chunks(read_table(chunks_dir, CHUNKS))
     profile = json.loads((run_dir / "queries" / generate.PROFILE_FILE).read_text())
     llm_rows = sorted(chunks.row[c] for c in
                       choose_llm_chunks(chunks.ids, config.max_llm_chunks, config.seed))

@@ -167,19 +167,19 @@ def _customir(export_dir: Path, seconds: float, threads: int | None, client: str
               ingress: str) -> dict:
     from customir.config import ServeConfig
     from customir.runtime import ray_session
-    from customir.serve import app
+    from customir.serve import lifecycle
 
     config = ServeConfig(port=_free_port(), max_batch_size=32, batch_wait_timeout_s=0.005,
                          encoder_threads=threads, ingress=ingress)
     results = {}
-    with ray_session(None, app.ingress_env(config)):  # a cluster of its own per ingress
-        url = app.start(export_dir, config) + "/embeddings"
+    with ray_session(None, lifecycle.ingress_env(config)):  # a cluster of its own per ingress
+        url = lifecycle.start(export_dir, config) + "/embeddings"
         try:
             _load(url, lambda t: {"input": t}, 4, 2, client)  # warm-up
             for c in LEVELS:
                 results[c] = _load(url, lambda t: {"input": t}, c, seconds, client)
         finally:
-            app.stop()
+            lifecycle.stop()
     return results
 
 

@@ -119,12 +119,12 @@ def _dispatch(args) -> int:
         run = RunStore(cfg.run_dir, cfg.work_dir).local  # a remote run_dir's local mirror
         print((run / "evaluation" / "report.md").read_text())
         if args.serve:
-            from customir.serve.app import serve_forever
+            from customir.serve.lifecycle import serve_forever
 
             serve_forever(run / "export", cfg.serve, cfg.ray)
         return 0
     if cmd == "serve":
-        from customir.serve.app import serve_forever
+        from customir.serve.lifecycle import serve_forever
 
         from customir.config import ServeConfig, validated
 

@@ -575,7 +575,7 @@ class ServeIngress(str, enum.Enum):
       ingress), and Serve's throughput-optimized settings are on: more embeddings/s than the
       proxy on the same cores (``benchmarks/serving.py``; figures in the README). A cluster
       customir starts gets it when the config asks; a cluster joined by address must be started
-      with the same environment (``customir.serve.app.ingress_env``; see k8s/rayservice.yaml).
+      with the same environment (``customir.serve.lifecycle.ingress_env``; see k8s/rayservice.yaml).
     """
 
     proxy = "proxy"

@@ -17,7 +17,7 @@ from customir.config import ConfigError, PipelineConfig
 from customir.manifest import Manifest, log
 from customir.run_store import RunStore
 from customir.runtime import ray_session
-from customir.serve.app import api_key, ingress_env
+from customir.serve.lifecycle import api_key, ingress_env
 
 
 STAGES = ("ingest", "generate", "mine", "verify", "train", "evaluate", "export")
@@ -123,18 +123,18 @@ def check_serving(export_dir: Path, config: PipelineConfig) -> dict:
     import numpy as np
     from openai import OpenAI
 
-    from customir.serve import app
+    from customir.serve import lifecycle
     from customir.serve.encoder import OnnxEncoder
 
     texts = ["What does this corpus say about treatment outcomes?", "protein folding"]
-    url = app.start(export_dir, config.serve)
+    url = lifecycle.start(export_dir, config.serve)
     try:
-        client = OpenAI(base_url=url, api_key=app.api_key(config.serve) or "unused",
+        client = OpenAI(base_url=url, api_key=lifecycle.api_key(config.serve) or "unused",
                         max_retries=2, timeout=60)
         reply = client.embeddings.create(model=config.serve.model_name, input=texts)
         served = np.array([d.embedding for d in reply.data], dtype=np.float32)
     finally:
-        app.stop()
+        lifecycle.stop()
     direct = OnnxEncoder(export_dir).encode(texts)
     cosine = float(np.min(np.sum(served * direct, axis=1) /
                           (np.linalg.norm(served, axis=1) * np.linalg.norm(direct, axis=1))))

@@ -219,7 +219,7 @@ def test_an_api_key_given_as_the_variable_name_is_refused_without_echoing_it():
 
 
 def test_an_unset_serve_key_variable_is_named_only_when_it_looks_like_one(monkeypatch):
-    from customir.serve.app import api_key
+    from customir.serve.lifecycle import api_key
 
     monkeypatch.delenv("CUSTOMIR_TEST_UNSET_KEY", raising=False)
     with pytest.raises(ValueError, match="serve.api_key_env: CUSTOMIR_TEST_UNSET_KEY is not set"):

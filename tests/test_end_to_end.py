@@ -11,7 +11,7 @@ import pytest
 from customir import load_config, run_pipeline
 from customir.evaluate.report import SECTIONS
 from customir.manifest import Manifest
-from customir.serve import app
+from customir.serve import lifecycle
 from customir.serve.encoder import OnnxEncoder
 
 from conftest import free_port
@@ -83,13 +83,13 @@ def test_corpus_to_served_embeddings(tiny_corpus, tmp_path, ray_cluster):
     assert "ndcg10_int8" in int8 and int8["test_queries"] == report["synthetic-test"]["n_queries"]
     assert int8["accepted"] == (run / "export" / "model.int8.onnx").is_file()
 
-    url = app.start(run / "export", config.serve)
+    url = lifecycle.start(run / "export", config.serve)
     try:
         client = openai.OpenAI(base_url=url, api_key="unused")
         texts = ["what is this corpus about?", "cell biology"]
         reply = client.embeddings.create(model=config.serve.model_name, input=texts)
     finally:
-        app.stop()
+        lifecycle.stop()
     served = np.array([d.embedding for d in reply.data])
     direct = OnnxEncoder(run / "export").encode(texts)
     assert served.shape == (2, 384)

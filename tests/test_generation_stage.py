@@ -12,6 +12,8 @@ from customir.corpus import ingest
 from customir.negatives import mine
 from customir.negatives.bm25 import BM25Index
 from customir.queries import generate
+from customir.queries.candidate_filters import filter_by_judge
+from customir.queries.candidates import Candidate, Chunks
 from customir.queries.filtering import chosen
 from customir.schemas import CANDIDATES, CHUNKS, QUERIES, read_table
 
@@ -98,12 +100,12 @@ def test_round_trip_keeps_only_queries_that_find_their_chunk(run_dir):
 
 
 def test_judge_grades_drop_queries_below_the_threshold(run_dir):
-    chunks = generate.Chunks(read_table(run_dir / "chunks", CHUNKS))
+    chunks = Chunks(read_table(run_dir / "chunks", CHUNKS))
     row = chunks.row["d1#0"]
-    good = generate.Candidate("keyword", "aspirin heart attack", "llm:scripted", [row])
-    bad = generate.Candidate("keyword", "kidney transplant outcomes", "llm:scripted", [row])
-    title = generate.Candidate("title", "unrelated title", "structural", [row])
-    answers = generate.filter_by_judge([good, bad, title], chunks, GenerateConfig(
+    good = Candidate("keyword", "aspirin heart attack", "llm:scripted", [row])
+    bad = Candidate("keyword", "kidney transplant outcomes", "llm:scripted", [row])
+    title = Candidate("title", "unrelated title", "structural", [row])
+    answers = filter_by_judge([good, bad, title], chunks, GenerateConfig(
         llm=SCRIPTED, judge_min_score=7))
     assert (good.reason, bad.reason, title.reason) == (None, "judge_below_threshold", None)
     assert answers.values == {("j:0", "score"): 10, ("j:1", "score"): 1}  # titles not judged
@@ -176,10 +178,8 @@ def test_an_llm_that_answers_nothing_fails_and_writes_nothing(run_dir):
 
 
 def test_a_judge_that_grades_nothing_fails(run_dir):
-    chunks = generate.Chunks(read_table(run_dir / "chunks", CHUNKS))
-    query = generate.Candidate("keyword", "aspirin heart attack", "llm:scripted",
-                               [chunks.row["d1#0"]])
+    chunks = Chunks(read_table(run_dir / "chunks", CHUNKS))
+    query = Candidate("keyword", "aspirin heart attack", "llm:scripted", [chunks.row["d1#0"]])
     with pytest.raises(ValueError, match=r"generate: the LLM judge graded none of the 1 "
                                          r"queries .*first error: .*Connect"):
-        generate.filter_by_judge([query], chunks, GenerateConfig(llm=_down_llm(),
-                                                                 judge_min_score=7))
+        filter_by_judge([query], chunks, GenerateConfig(llm=_down_llm(), judge_min_score=7))

@@ -15,6 +15,8 @@ from customir.llm.vllm_batch import processor_config, to_reply, to_vllm_request
 from customir.queries import generate, prompts
 from customir.queries.asking import (Answers, Ask, first_error_when_nothing_answered,
                                      read_reply)
+from customir.queries.candidate_filters import filter_each
+from customir.queries.candidates import Candidate, Chunks
 from customir.queries.filtering import chosen, reject_reason
 from customir.queries.profile import corpus_profile
 from customir.queries.prompts import ReplyError, parse_json_reply, validate_query
@@ -150,18 +152,18 @@ def test_inverse_cloze_does_not_cut_a_sentence_after_an_abbreviation():
     assert queries == {first, second}
 
 
-def _chunks(rows: list[tuple[str, str | None, str | None, str]]) -> generate.Chunks:
+def _chunks(rows: list[tuple[str, str | None, str | None, str]]) -> Chunks:
     """A chunk table of one chunk per (doc_id, title, heading, text)."""
-    return generate.Chunks(pa.Table.from_pylist(
+    return Chunks(pa.Table.from_pylist(
         [{"chunk_id": f"{doc}#0", "doc_id": doc, "chunk_index": 0, "source": f"{doc}.pdf",
           "title": title, "heading": heading, "text": text, "n_tokens": 20}
          for doc, title, heading, text in rows], schema=CHUNKS))
 
 
-def _free_signals_filtered(chunks: generate.Chunks, **settings) -> list[generate.Candidate]:
+def _free_signals_filtered(chunks: Chunks, **settings) -> list[Candidate]:
     config = GenerateConfig(kinds={}, multihop=0.0, **settings)
     candidates = generate.free_signals(chunks, config)
-    generate.filter_each(candidates, chunks, config)
+    filter_each(candidates, chunks, config)
     return candidates
 
 

@@ -162,7 +162,7 @@ def test_rayservice_pods_that_build_or_serve_the_app_see_its_model_and_the_proxy
     """Serve builds the application (app_builder opens model_dir) in a task that normally runs
     on the head; the replicas run on the workers: every one of those pods mounts the volume
     holding model_dir. The proxy's time limit is above the replica's, so a 408 is JSON."""
-    from customir.serve.app import PROXY_GRACE_S
+    from customir.serve.lifecycle import PROXY_GRACE_S
 
     doc = by_kind("RayService")
     model_dir = Path(serve_application()["args"]["model_dir"])

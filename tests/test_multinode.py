@@ -219,7 +219,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from customir.config import ServeConfig
-from customir.serve import app
+from customir.serve import lifecycle
 from customir.serve.encoder import OnnxEncoder
 
 export, port = Path(sys.argv[1]), int(sys.argv[2])
@@ -229,7 +229,7 @@ cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
 # one HTTP proxy, on the head: every node of this one-machine cluster has the same address
 serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-url = app.start(export, ServeConfig(port=port, min_replicas=1, max_replicas=1))
+url = lifecycle.start(export, ServeConfig(port=port, min_replicas=1, max_replicas=1))
 texts = ["what secretes insulin?", "glucose regulation"]
 reply = httpx.post(f"{url}/embeddings", json={"input": texts}, timeout=120)
 reply.raise_for_status()
@@ -239,7 +239,7 @@ replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
             if "EmbeddingServer" in a.class_name]
 print(json.dumps({"min_cosine": float(np.min(np.sum(served * direct, axis=1))),
                   "replica_nodes": [a.node_id for a in replicas], "worker": worker.node_id}))
-app.stop()
+lifecycle.stop()
 ray.shutdown()
 cluster.shutdown()
 '''

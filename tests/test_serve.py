@@ -13,7 +13,7 @@ from customir.config import EncoderBackend, ExportConfig, IngestConfig, ServeCon
 from customir.corpus import ingest
 from customir.export import onnx
 from customir.models import resolve_base_model
-from customir.serve import app
+from customir.serve import app, lifecycle
 from customir.serve.encoder import OnnxEncoder, TorchEncoder, load_encoder
 
 from conftest import free_port
@@ -42,9 +42,9 @@ def server(exported, ray_cluster, monkeypatch_module):
     config = ServeConfig(port=free_port(), model_name="test-embed", max_input_items=8,
                          max_input_chars=5000, max_body_bytes=200_000,
                          api_key_env="CUSTOMIR_TEST_KEY")
-    url = app.start(exported, config)  # a run folder: its export/ is served
+    url = lifecycle.start(exported, config)  # a run folder: its export/ is served
     yield url, config
-    app.stop()
+    lifecycle.stop()
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +327,7 @@ def test_tensorrt_without_the_extra_says_what_to_install(exported):
 
 def test_starting_without_an_export_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `customir export` first"):
-        app.start(tmp_path, ServeConfig())
+        lifecycle.start(tmp_path, ServeConfig())
 
 
 @pytest.mark.parametrize("backend, message", [("onnx-int8", "int8 graph passed its checks"),
@@ -606,7 +606,7 @@ def test_the_proxy_waits_longer_than_the_replica_so_a_408_is_openai_shaped(serve
 
     _, config = server
     proxy = _get_global_client().http_config
-    assert proxy.request_timeout_s == config.request_timeout_s + app.PROXY_GRACE_S
+    assert proxy.request_timeout_s == config.request_timeout_s + lifecycle.PROXY_GRACE_S
 
 
 def test_stopping_leaves_other_applications_on_the_cluster_running(exported, server):
@@ -619,11 +619,11 @@ def test_stopping_leaves_other_applications_on_the_cluster_running(exported, ser
     try:
         with pytest.raises(ValueError, match=f"already runs on this cluster at "
                                              f"127.0.0.1:{config.port}"):
-            app.start(exported, config.model_copy(update={"port": free_port()}))
-        app.stop()
-        assert app.APP_NAME not in serve.status().applications
+            lifecycle.start(exported, config.model_copy(update={"port": free_port()}))
+        lifecycle.stop()
+        assert lifecycle.APP_NAME not in serve.status().applications
         assert _post(other, {"input": "still here"}, key=None).status_code == 200
     finally:
-        app.start(exported, config)  # the module's server again
+        lifecycle.start(exported, config)  # the module's server again
         serve.delete("other")
     assert _post(url, {"input": "back again"}).status_code == 200

@@ -3,7 +3,7 @@
 A request is a row of :data:`REQUESTS` (chat messages and the JSON schema of the reply, both as
 JSON text); its answer a row of :data:`REPLIES` (raw text, why generation stopped, tokens, or the
 error that prevented an answer). Callers validate the text and re-ask what failed (see
-:mod:`customir.queries.generate`), so every backend shares one retry policy:
+:mod:`customir.queries.asking`), so every backend shares one retry policy:
 
 - ``llamacpp`` / ``scripted``: one model per actor, requests answered one after the other (the
   few-shot prefix's KV cache is reused between them).

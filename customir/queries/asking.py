@@ -15,7 +15,8 @@ Two layers of retries, counted apart in :attr:`Answers.usage`: the HTTP backend'
 one request (timeouts, 429, 5xx, bodies that are not JSON: ``http_attempts``, ``http_retries``)
 and gives up with an error (``llm_errors``); this module re-asks what came back unusable in the
 next round. ``rejected`` counts every unusable key of every round by reason, including those a
-later round fixed.
+later round fixed. An LLM that answered nothing but errors stops the generate stage
+(:func:`require_an_answer`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from customir.config import LLMConfig
+from customir.config import GenerateConfig, LLMConfig
 from customir.llm.batch import REQUESTS, answer_requests, is_refusal, request_row
 from customir.llm.protocol import Completion
 from customir.queries.prompts import ReplyError, parse_json_reply
@@ -124,6 +125,13 @@ def ask_with_retries(asks: list[Ask], llm: LLMConfig, *, max_attempts: int,
     return answers
 
 
+def ask_generate_llm(asks: list[Ask], config: GenerateConfig) -> Answers:
+    """:func:`ask_with_retries` with the generate stage's LLM and its retry and batch settings."""
+    return ask_with_retries(asks, config.llm, max_attempts=config.max_attempts,
+                            retry_temperature=config.retry_temperature,
+                            batch_size=config.batch_size, num_workers=config.num_workers)
+
+
 def first_error_when_nothing_answered(answers: Answers) -> str | None:
     """The first error (one line) when asks were made, none was answered and every failure of
     every round was ``llm_error`` — the endpoint is down, the model unknown, the key wrong —,
@@ -133,3 +141,12 @@ def first_error_when_nothing_answered(answers: Answers) -> str | None:
         return None
     detail = next(d for reason, d in answers.failures.values() if reason == "llm_error")
     return " ".join(detail.split())
+
+
+def require_an_answer(answers: Answers, failed: str) -> None:
+    """Stop the stage (nothing written) when the LLM answered none of ``answers``' asks, only
+    with errors: published, such a run would be reused by every rerun and never ask again.
+    ``failed`` says what went unanswered, with ``{n}`` for the number of keys asked."""
+    if (error := first_error_when_nothing_answered(answers)) is not None:
+        raise ValueError(f"generate: {failed.format(n=len(answers.failures))} (first error: "
+                         f"{error}); fix generate.llm and rerun (nothing was written)")

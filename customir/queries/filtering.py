@@ -2,7 +2,8 @@
 
 Each filter returns a reason string when the query must go, else None; the stage counts every
 reason in its manifest. Corpus-level filters (near-duplicates by embedding, round-trip
-consistency, LLM judge) are in :mod:`customir.queries.generate`; their decision rules are here.
+consistency, LLM judge) are in :mod:`customir.queries.candidate_filters`; their decision
+rules are here.
 """
 
 from __future__ import annotations

@@ -11,14 +11,16 @@
    (:mod:`customir.queries.asking`), then counted by reason — balance ``llm_queries``. An LLM
    that answers nothing but errors (endpoint down, unknown model, wrong key) — here or as the
    judge — stops the stage before anything is written.
-4. **Filters** over all candidates, in this order — balance ``queries``: length, copies of the
-   passage, "the passage", boilerplate titles and headings ("Introduction", file names:
-   ``generic_heading``, ``file_name_title``) and ones several documents share
-   (``shared_title``), exact and near
-   duplicates (base-model cosine), round-trip
-   consistency (an LLM query must find one of its chunks in the ranker's top k; Promptagator),
-   LLM-judge grade (Nemotron; off unless ``judge_min_score``).
+4. **Filters** over all candidates (:mod:`customir.queries.candidate_filters`), in this order —
+   balance ``queries``: length, copies of the passage, "the passage", boilerplate titles and
+   headings ("Introduction", file names: ``generic_heading``, ``file_name_title``) and ones
+   several documents share (``shared_title``), exact and near duplicates (base-model cosine),
+   round-trip consistency (an LLM query must find one of its chunks in the ranker's top k;
+   Promptagator), LLM-judge grade (Nemotron; off unless ``judge_min_score``).
 5. Kept queries are written one row per supporting chunk (a multi-hop question trains on each).
+
+The steps pass :class:`~customir.queries.candidates.Candidate` rows over the chunk table
+(:mod:`customir.queries.candidates`).
 
 Counts per kind (asked, reply failures, candidates, kept, dropped by reason, rows) are in the
 manifest's ``extra.per_kind`` and in the evaluation report; the LLM requests, their HTTP attempts
@@ -30,59 +32,26 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from customir.config import GenerateConfig, LLMBackend, MineConfig, ProfileMode, RayConfig
+from customir.config import GenerateConfig, LLMBackend, ProfileMode, RayConfig
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.queries import prompts
-from customir.queries.asking import (Answers, Ask, ask_with_retries,
-                                     first_error_when_nothing_answered)
-from customir.queries.filtering import (chosen, choose_llm_chunks, near_duplicates, query_id,
-                                        reject_reason)
+from customir.queries.asking import Answers, Ask, ask_generate_llm, require_an_answer
+from customir.queries.candidate_filters import (filter_by_judge, filter_each,
+                                                filter_near_duplicates, filter_round_trip)
+from customir.queries.candidates import Candidate, Chunks, chunk_index
+from customir.queries.filtering import chosen, choose_llm_chunks, query_id
 from customir.queries.profile import corpus_profile
 from customir.queries.signals import (SIGNALS_VERSION, first_chunks_under_headings,
-                                      inverse_cloze_pair, related_chunks, shared_by_documents,
-                                      structural_queries, structural_reason)
+                                      inverse_cloze_pair, related_chunks, structural_queries)
 from customir.runtime import ray_session
 from customir.schemas import CHUNKS, QUERIES, read_table, write_rows
 
 STAGE = "generate"
 PROFILE_FILE = "profile.json"
-# Near-duplicate dedup keeps the first of a group in this order: the corpus's own words first.
-KIND_ORDER = ("title", "subject", "heading", "question", "claim", "keyword", "multihop",
-              "inverse_cloze")
-
-
-@dataclass
-class Candidate:
-    kind: str
-    query: str
-    origin: str
-    rows: list[int]                   # supporting chunks (rows of the chunks table)
-    positive_text: str | None = None
-    reason: str | None = None         # why it was dropped; None while kept
-
-    @property
-    def from_llm(self) -> bool:
-        return self.origin.startswith("llm:")
-
-
-class Chunks:
-    """The chunk table as columns, with the row of each chunk id."""
-
-    def __init__(self, table: pa.Table):
-        cols = table.to_pydict()
-        self.ids, self.docs, self.texts = cols["chunk_id"], cols["doc_id"], cols["text"]
-        self.titles, self.headings = cols["title"], cols["heading"]
-        self.sources, self.index = cols["source"], cols["chunk_index"]
-        self.row = {cid: i for i, cid in enumerate(self.ids)}
-
-    def record(self, row: int) -> dict:
-        return {"title": self.titles[row], "heading": self.headings[row],
-                "chunk_index": self.index[row], "source": self.sources[row]}
 
 
 # ---- 1. profile ---------------------------------------------------------------------------
@@ -105,7 +74,7 @@ def make_profile(chunks: Chunks, config: GenerateConfig) -> tuple[dict, Answers 
                                              profile["document_kinds"]),
               lambda keys: prompts.PROFILE_SCHEMA,
               lambda key, value: prompts.validate_query(value, [], 80), 160)
-    answers = _ask([ask], config)
+    answers = ask_generate_llm([ask], config)
     profile["description"] = answers.values.get(("profile", "description"))
     if profile["description"] is None:  # prompts go on with terms and titles only
         profile["description_error"] = answers.failures[("profile", "description")][0]
@@ -137,33 +106,6 @@ def free_signals(chunks: Chunks, config: GenerateConfig) -> list[Candidate]:
 
 # ---- 3. LLM queries -----------------------------------------------------------------------
 
-def _ask(asks: list[Ask], config: GenerateConfig) -> Answers:
-    return ask_with_retries(asks, config.llm, max_attempts=config.max_attempts,
-                            retry_temperature=config.retry_temperature,
-                            batch_size=config.batch_size, num_workers=config.num_workers)
-
-
-def require_an_answer(answers: Answers, failed: str) -> None:
-    """Stop the stage (nothing written) when the LLM answered none of ``answers``' asks, only
-    with errors: published, such a run would be reused by every rerun and never ask again.
-    ``failed`` says what went unanswered, with ``{n}`` for the number of keys asked."""
-    if (error := first_error_when_nothing_answered(answers)) is not None:
-        raise ValueError(f"generate: {failed.format(n=len(answers.failures))} (first error: "
-                         f"{error}); fix generate.llm and rerun (nothing was written)")
-
-
-def _index(chunks_dir: Path, run_dir: Path, backend, cache: dict | None = None):
-    """The chunk index of ``backend`` with the default index settings (the mine stage's too
-    when it keeps them; other settings get a folder of their own), opened once per run."""
-    from customir.negatives.index import ensure_index, open_index
-
-    cache = {} if cache is None else cache
-    if backend not in cache:
-        mine = MineConfig(backend=backend)
-        cache[backend] = open_index(ensure_index(chunks_dir, run_dir, mine), mine)
-    return cache[backend]
-
-
 def multihop_groups(chunks: Chunks, anchors: list[int], config: GenerateConfig,
                     chunks_dir: Path, run_dir: Path,
                     indexes: dict | None = None) -> dict[int, list[int]]:
@@ -171,7 +113,7 @@ def multihop_groups(chunks: Chunks, anchors: list[int], config: GenerateConfig,
     another document get none)."""
     if not anchors:
         return {}
-    index = _index(chunks_dir, run_dir, config.related_by, indexes)
+    index = chunk_index(chunks_dir, run_dir, config.related_by, indexes)
     heads = [" ".join(chunks.texts[r].split()[:128]) for r in anchors]
     found, _ = index.search(heads, config.related_top_k + 1)
     groups = {}
@@ -219,81 +161,7 @@ def llm_candidates(answers: Answers, chunks: Chunks,
     return out
 
 
-# ---- 4. filters ---------------------------------------------------------------------------
-
-def filter_each(candidates: list[Candidate], chunks: Chunks, config: GenerateConfig) -> None:
-    """Drop (set ``reason`` of) each candidate that fails a per-query filter or repeats a kept
-    query. A title or heading that several documents share fits each of them, so every copy is
-    dropped (``shared_title``) rather than the first document's kept as the answer."""
-    structural = [i for i, c in enumerate(candidates) if c.origin == "structural"]
-    shared = {i for i, flag in zip(structural, shared_by_documents(
-        [candidates[i].query for i in structural],
-        [chunks.docs[candidates[i].rows[0]] for i in structural])) if flag}
-    seen: set[str] = set()
-    for i, c in enumerate(candidates):
-        if c.reason is not None:  # dropped before the filters (no inverse-cloze sentence)
-            continue
-        passage = " ".join(c.positive_text or chunks.texts[r] for r in c.rows)
-        min_words = (config.min_query_words if c.from_llm or c.kind == "inverse_cloze"
-                     else config.min_structural_words)
-        c.reason = reject_reason(c.query, passage, min_words, config.max_query_words,
-                                 config.max_copy_overlap)
-        if c.reason is None and c.origin == "structural":
-            c.reason = structural_reason(c.query, passage) or (
-                "shared_title" if i in shared else None)
-        key = " ".join(c.query.lower().split())
-        if c.reason is None and key in seen:
-            c.reason = "duplicate"
-        if c.reason is None:
-            seen.add(key)
-
-
-def filter_near_duplicates(candidates: list[Candidate], config: GenerateConfig) -> None:
-    kept = [c for c in candidates if c.reason is None]
-    if config.dedup_cosine is None or len(kept) < 2:
-        return
-    from customir.models import load_sentence_transformer
-
-    kept.sort(key=lambda c: (KIND_ORDER.index(c.kind), c.query))
-    model = load_sentence_transformer(config.dedup_model)
-    vectors = model.encode([c.query for c in kept], batch_size=128, normalize_embeddings=True,
-                           convert_to_numpy=True)
-    for c, duplicate in zip(kept, near_duplicates(vectors, config.dedup_cosine)):
-        if duplicate:
-            c.reason = "near_duplicate"
-
-
-def filter_round_trip(candidates: list[Candidate], config: GenerateConfig, chunks_dir: Path,
-                      run_dir: Path, indexes: dict | None = None) -> None:
-    checked = [c for c in candidates if c.reason is None and c.from_llm]
-    if config.roundtrip_k is None or not checked:
-        return
-    index = _index(chunks_dir, run_dir, config.roundtrip_by, indexes)
-    found, _ = index.search([c.query for c in checked], config.roundtrip_k)
-    for c, ranked in zip(checked, found.tolist()):
-        if not set(c.rows) & set(ranked):
-            c.reason = "roundtrip_miss"
-
-
-def filter_by_judge(candidates: list[Candidate], chunks: Chunks,
-                    config: GenerateConfig) -> Answers | None:
-    checked = [c for c in candidates if c.reason is None and c.from_llm]
-    if config.judge_min_score is None or not checked:
-        return None
-    asks = [Ask(f"j:{i}", {"score": "judge"},
-                prompts.build_query_judge_messages([chunks.texts[r] for r in c.rows], c.query),
-                lambda keys: prompts.JUDGE_SCHEMA,
-                lambda key, value: prompts.validate_score(value), 16)
-            for i, c in enumerate(checked)]
-    answers = _ask(asks, config)
-    require_an_answer(answers, "the LLM judge graded none of the {n} queries it was asked about")
-    for i, c in enumerate(checked):
-        score = answers.values.get((f"j:{i}", "score"))
-        if score is None:
-            c.reason = "judge_no_score"
-        elif score < config.judge_min_score:
-            c.reason = "judge_below_threshold"
-    return answers
+# ---- 4. filters: in customir.queries.candidate_filters ----------------------------------
 
 
 # ---- 5. rows, counts, run -----------------------------------------------------------------
@@ -403,7 +271,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
         indexes: dict = {}  # multi-hop neighbours and round-trip checks share an open index
         groups = multihop_groups(chunks, anchors, config, chunks_dir, run_dir, indexes)
         asks = query_asks(chunks, config, profile, llm_rows, groups)
-        answers = _ask(asks, config) if asks else None
+        answers = ask_generate_llm(asks, config) if asks else None
         if answers:
             require_an_answer(answers, "the LLM answered none of the {n} queries it was asked for")
             candidates += llm_candidates(answers, chunks, groups, origin)

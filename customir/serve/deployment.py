@@ -36,7 +36,8 @@ class DeploymentArgs(BaseModel):
 def app_builder(args: DeploymentArgs):
     """Ray Serve application builder: ``args`` → bound ``EmbeddingServer`` deployment."""
     from customir.config import ServeConfig
-    from customir.serve.app import api_key, build_app, resolve_model_dir
+    from customir.serve.app import build_app, resolve_model_dir
+    from customir.serve.lifecycle import api_key
 
     model_dir = args.model_dir or os.environ.get("CUSTOMIR_MODEL_DIR")
     if not model_dir:
