@@ -89,7 +89,7 @@ def test_a_folder_that_is_not_beir_is_one_clear_line(tmp_path):
 
 def test_chunks_of_another_corpus_are_one_clear_error(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
-    from beir import Evaluator
+    from beir_scoring import Evaluator
 
     with pytest.raises(SystemExit, match=r"1 chunked documents are not in corpus.jsonl "
                                          r"\(e.g. 'other'\)"):
@@ -99,7 +99,7 @@ def test_chunks_of_another_corpus_are_one_clear_error(tmp_path):
 
 def test_re_chunked_texts_are_encoded_again_not_read_from_the_cache(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
-    from beir import Evaluator
+    from beir_scoring import Evaluator
 
     documents = {"d1": "kidney function", "d2": "heart disease"}
     query, qrels = {"q": "heart attack"}, {"q": {"d1": 1}}
@@ -121,7 +121,7 @@ def test_another_base_model_is_encoded_again_not_read_from_the_cache(tmp_path):
     from customir.models import load_sentence_transformer
 
     sys.path.insert(0, str(SCRIPT.parent))
-    from beir import Evaluator, model_key
+    from beir_scoring import Evaluator, model_key
 
     other = tmp_path / "other-model"
     model = load_sentence_transformer("all-MiniLM-L6-v2")

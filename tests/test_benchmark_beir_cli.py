@@ -29,7 +29,8 @@ def test_a_misspelt_variant_stops_before_the_main_run(tmp_path):
 
 
 class FakeEvaluator:
-    """Stands in for beir.Evaluator: every system scores 0.5, no model is loaded."""
+    """Stands in for beir_scoring.Evaluator (patched where beir.main looks it up): every system
+    scores 0.5, no model is loaded."""
 
     def __init__(self, *args, **kwargs):
         pass

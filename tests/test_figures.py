@@ -9,7 +9,8 @@ from matplotlib.figure import Figure
 
 from customir.evaluate import figures
 from customir.evaluate.report import write_report
-from customir.train.trainer import BEST_METRIC, plot_curves
+from customir.train.curves import plot_curves
+from customir.train.validation import BEST_METRIC
 
 METRICS = {f"{m}@{k}": 0.5 for m in ("nDCG", "Recall", "P", "MAP", "MRR") for k in (1, 5, 10, 100)}
 

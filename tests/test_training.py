@@ -21,7 +21,9 @@ from customir.corpus import ingest
 from customir.manifest import Manifest, fingerprint
 from customir.negatives import mine, verify
 from customir.queries import generate
-from customir.train import trainer
+from customir.train import checkpoints, trainer
+from customir.train.curves import CURVES_FILE
+from customir.train.validation import BEST_METRIC, validation_evaluator
 
 pytestmark = pytest.mark.ray
 SAMPLE = Path(__file__).parent.parent / "examples" / "sample_corpus" / "abstracts.jsonl"
@@ -71,8 +73,8 @@ def test_validation_keeps_the_best_model_and_writes_curves(triples, tmp_path):
                            learning_rate=2e-4)
     metrics = manifest.extra["metrics"]
     assert metrics["steps"] == 12 and metrics["best_step"] in (3, 6, 9, 12)
-    curves = json.loads((out / trainer.CURVES_FILE).read_text())
-    evals = {e["step"]: e[trainer.BEST_METRIC] for e in curves if trainer.BEST_METRIC in e}
+    curves = json.loads((out / CURVES_FILE).read_text())
+    evals = {e["step"]: e[BEST_METRIC] for e in curves if BEST_METRIC in e}
     assert sorted(evals) == [3, 6, 9, 12] and any("loss" in e for e in curves)
     assert metrics["best_validation_ndcg@10"] == pytest.approx(max(evals.values()))
     assert evals[metrics["best_step"]] == max(evals.values())
@@ -90,7 +92,7 @@ def _validation_ndcg(train_dir):
     rows = pq.read_table(train_dir / "validation_rows.parquet").to_pylist()
     model = load_sentence_transformer(train_dir / trainer.MODEL_DIR)
     model.max_seq_length = SMALL["max_seq_length"]
-    return trainer.validation_evaluator(rows, 8)(model)["validation_cosine_ndcg@10"]
+    return validation_evaluator(rows, 8)(model)["validation_cosine_ndcg@10"]
 
 
 def test_early_stopping_ends_a_run_that_gets_worse(triples, tmp_path):
@@ -112,7 +114,7 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(triples, tmp_path
                           cpus_per_worker=2, **same)
     two, out_two = _train(triples, tmp_path / "two", batch_size=4, num_workers=2,
                           cpus_per_worker=1, **same)
-    losses = [[e["loss"] for e in json.loads((o / trainer.CURVES_FILE).read_text()) if "loss" in e]
+    losses = [[e["loss"] for e in json.loads((o / CURVES_FILE).read_text()) if "loss" in e]
               for o in (out_one, out_two)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     # one worker trains without a DDP wrapper; two synchronise their gradients through DDP
@@ -169,10 +171,10 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, whe
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray cluster, killed with it
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    location = trainer.checkpoint_location(settings.get("checkpoint_storage") or out / ".ray",
-                                           TrainConfig(**settings), _inputs(out))
+    location = checkpoints.checkpoint_location(settings.get("checkpoint_storage") or out / ".ray",
+                                               TrainConfig(**settings), _inputs(out))
     deadline = time.monotonic() + 300
-    while not trainer.latest_checkpoint(location):
+    while not checkpoints.latest_checkpoint(location):
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.5)
@@ -204,7 +206,7 @@ def _train_worker_pids() -> set[int]:
 
 def _past_the_best(location) -> bool:
     """Whether the newest registered checkpoint comes after the best validated one."""
-    newest = trainer.latest_checkpoint(location)
+    newest = checkpoints.latest_checkpoint(location)
     if not newest:
         return False
     try:
@@ -240,8 +242,8 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
     out.mkdir()
     for name in ("triples", "chunks"):
         (out / name).symlink_to(triples / name)
-    location = Path(trainer.checkpoint_location(out / ".ray", TrainConfig(**settings),
-                                                _inputs(out)))
+    location = Path(checkpoints.checkpoint_location(out / ".ray", TrainConfig(**settings),
+                                                    _inputs(out)))
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.monotonic() + 300
@@ -252,7 +254,7 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
         time.sleep(0.2)
     [victim] = _train_worker_pids() - before
     # the worker's own checkpoints (~270 MB each), which its SIGKILL leaves behind
-    scratch = trainer.worker_scratch_path(str(location.resolve()), rank=0)
+    scratch = checkpoints.worker_scratch_path(str(location.resolve()), rank=0)
     assert scratch.is_dir()
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=600)
@@ -268,7 +270,7 @@ def test_a_worker_lost_mid_training_is_restarted_from_the_checkpoint_within_the_
     else:
         assert "error" in outcome and not (out / "train").exists()
         shutil.rmtree(scratch)  # nothing restarted the worker: a rerun would remove it
-        assert trainer.latest_checkpoint(location)  # kept for a rerun to resume from
+        assert checkpoints.latest_checkpoint(location)  # kept for a rerun to resume from
 
 
 def test_checkpoints_of_other_inputs_or_settings_are_never_resumed_from(tmp_path):
@@ -276,12 +278,12 @@ def test_checkpoints_of_other_inputs_or_settings_are_never_resumed_from(tmp_path
     continue the old model: the checkpoint folder is named by the settings and the inputs."""
     config = TrainConfig(**SMALL)
     inputs = {"triples": "1111", "chunks": "2222"}
-    here = trainer.checkpoint_location(tmp_path, config, inputs)
-    assert here == trainer.checkpoint_location(tmp_path, TrainConfig(**SMALL, max_failures=0),
-                                               dict(inputs))
-    assert len({here, trainer.checkpoint_location(tmp_path, config, {**inputs, "triples": "3"}),
-                trainer.checkpoint_location(tmp_path, config, {**inputs, "chunks": "3"}),
-                trainer.checkpoint_location(tmp_path, TrainConfig(**SMALL, epochs=9), inputs)}
+    here = checkpoints.checkpoint_location(tmp_path, config, inputs)
+    assert here == checkpoints.checkpoint_location(tmp_path, TrainConfig(**SMALL, max_failures=0),
+                                                   dict(inputs))
+    assert len({here, checkpoints.checkpoint_location(tmp_path, config, {**inputs, "triples": "3"}),
+                checkpoints.checkpoint_location(tmp_path, config, {**inputs, "chunks": "3"}),
+                checkpoints.checkpoint_location(tmp_path, TrainConfig(**SMALL, epochs=9), inputs)}
                ) == 4
     assert Path(here).parent == tmp_path
 
@@ -291,14 +293,14 @@ def test_only_a_checkpoint_ray_train_registered_is_resumed_from(tmp_path):
     for name in ("checkpoint_2026-01-01_10-00-00.000001", "checkpoint_2026-01-01_11-00-00.000001"):
         (root / name / "checkpoint").mkdir(parents=True)
         (root / name / "checkpoint" / "trainer_state.json").write_text("{}")
-    assert trainer.latest_checkpoint(tmp_path) is None  # no snapshot: nothing was registered
-    (root / trainer.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
+    assert checkpoints.latest_checkpoint(tmp_path) is None  # no snapshot: nothing was registered
+    (root / checkpoints.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
         {"checkpoint_dir_name": "checkpoint_2026-01-01_10-00-00.000001"}]}))
     # the newer folder was being written when its worker died: never registered, never used
-    assert trainer.latest_checkpoint(tmp_path) == str(
+    assert checkpoints.latest_checkpoint(tmp_path) == str(
         root / "checkpoint_2026-01-01_10-00-00.000001" / "checkpoint")
-    (root / trainer.RAY_SNAPSHOT).write_text("{not json")
-    assert trainer.latest_checkpoint(tmp_path) is None
+    (root / checkpoints.RAY_SNAPSHOT).write_text("{not json")
+    assert checkpoints.latest_checkpoint(tmp_path) is None
 
 
 def _checkpoint(root, name, state, weights="w"):
@@ -320,10 +322,10 @@ def test_a_resumed_run_gets_back_the_best_checkpoint_its_state_names(tmp_path):
     newest = _checkpoint(location, "checkpoint_2026-01-01_11-00-00.000001",
                          {"global_step": 45, "best_global_step": 30,
                           "best_model_checkpoint": "/tmp/gone/checkpoint-30"})
-    (location / "train" / trainer.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
+    (location / "train" / checkpoints.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [
         {"checkpoint_dir_name": p} for p in ("checkpoint_2026-01-01_10-00-00.000001",
                                               "checkpoint_2026-01-01_11-00-00.000001")]}))
-    resume = trainer.restore_best_checkpoint(str(newest), str(location), scratch)
+    resume = checkpoints.restore_best_checkpoint(str(newest), str(location), scratch)
     state = json.loads((Path(resume) / "trainer_state.json").read_text())
     assert state["global_step"] == 45 and Path(resume).is_relative_to(scratch)
     assert (Path(state["best_model_checkpoint"]) / "model.safetensors").read_text() == "best"
@@ -331,7 +333,7 @@ def test_a_resumed_run_gets_back_the_best_checkpoint_its_state_names(tmp_path):
     assert "/tmp/gone" in (newest / "trainer_state.json").read_text()
     # a state without a best (no validation) resumes as it is
     plain = _checkpoint(tmp_path / "other", "c", {"global_step": 5})
-    assert trainer.restore_best_checkpoint(str(plain), str(tmp_path / "other"), scratch) == str(
+    assert checkpoints.restore_best_checkpoint(str(plain), str(tmp_path / "other"), scratch) == str(
         plain)
 
 

@@ -8,13 +8,16 @@ copies that checkpoint into the stage folder.
 
 The stage folder also keeps ``split.parquet`` (doc_id → split) and the exact training rows, so
 evaluation knows which documents are held out and a run can be audited.
+
+This module is the outline (``run`` → ``_fit`` → ``train_loop_per_worker`` on each worker); the
+parts live beside it: ``validation`` (evaluator, best-model metric, interval; early stopping
+rides on it), ``checkpoints`` (keying, worker scratch, resume), ``deepspeed_config`` and
+``curves`` (``curves.json`` + ``curves.png``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import json
 import shutil
 import tempfile
@@ -31,64 +34,18 @@ from customir.manifest import Balance, Manifest, find_complete, fingerprint, log
 from customir.node_files import resolve
 from customir.runtime import ray_session
 from customir.schemas import CHUNKS, TRIPLES, read_table
+from customir.train.checkpoints import (checkpoint_location, latest_checkpoint,
+                                        ray_checkpoint_config, restore_best_checkpoint,
+                                        resume_point, resumed_step, worker_scratch)
+from customir.train.curves import CURVES_FILE, plot_curves
 from customir.train.dataset import assign_split, largest_fillable_batch, rows_per_split
+from customir.train.deepspeed_config import deepspeed_config, require_deepspeed
+from customir.train.validation import BEST_METRIC, validation_evaluator, validation_interval
 
 STAGE = "train"
 SPLIT_FILE = "split.parquet"
 MODEL_DIR = "model"
-
-
-BEST_METRIC = "eval_validation_cosine_ndcg@10"
-CURVES_FILE = "curves.json"
 FINAL = "final"
-
-
-def validation_evaluator(rows: list[dict], batch_size: int):
-    """IR metrics on the validation rows: each query against every validation passage (its
-    positive and everyone's negatives), nDCG@10 as the primary score."""
-    from sentence_transformers.sentence_transformer.evaluation import (
-        InformationRetrievalEvaluator)
-
-    passages = sorted({r["positive"] for r in rows} |
-                      {v for r in rows for k, v in r.items() if k.startswith("negative_")})
-    pid = {p: f"p{i}" for i, p in enumerate(passages)}
-    queries, relevant = {}, {}
-    for r in rows:
-        qid = queries.setdefault(r["anchor"], f"q{len(queries)}")
-        relevant.setdefault(qid, set()).add(pid[r["positive"]])
-    return InformationRetrievalEvaluator(
-        queries={qid: q for q, qid in queries.items()}, corpus={v: k for k, v in pid.items()},
-        relevant_docs=relevant, name="validation", batch_size=batch_size, write_csv=False,
-        ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10],
-        map_at_k=[100])
-
-
-def deepspeed_config(stage: int) -> dict:
-    """ZeRO at ``stage``; sizes, clipping and precision follow the Hugging Face arguments."""
-    return {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto",
-            "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}
-
-
-def worker_scratch_path(location: str | Path, rank: int) -> Path:
-    """The worker's scratch folder on its node, named by the run's checkpoint location and the
-    worker's rank (see ``worker_scratch``)."""
-    name = hashlib.sha256(str(location).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"customir-train-{name}-rank{rank}"
-
-
-@contextlib.contextmanager
-def worker_scratch(location: str | Path, rank: int):
-    """The folder where a worker's Hugging Face trainer saves its checkpoints (~270 MB each for
-    MiniLM with its optimizer state): a worker restarted after its process was killed first
-    removes what the killed one left, and a worker that ends removes its own."""
-    path = worker_scratch_path(location, rank)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    try:
-        yield str(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -206,120 +163,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics)
 
 
-DEEPSPEED_INSTALL = "pip install 'customir[deepspeed]'"
-
-
-def require_deepspeed(config: TrainConfig) -> None:
-    """Fail before any work when DeepSpeed is asked for but missing (inside the Ray workers it
-    would surface as a worker traceback)."""
-    import importlib.util
-
-    if config.deepspeed_stage is not None and importlib.util.find_spec("deepspeed") is None:
-        raise ImportError(f"train.deepspeed_stage needs DeepSpeed: {DEEPSPEED_INSTALL}")
-
-
-def validation_interval(config: TrainConfig, train_rows: Path, batch_size: int) -> int:
-    """``eval_steps``, shortened so that a short run is still validated (and checkpointed) at
-    least 4 times (without validation rows checkpoints keep the configured interval)."""
-    import math
-
-    import pyarrow.parquet as pq
-
-    rows = pq.ParquetFile(train_rows).metadata.num_rows
-    total = config.max_steps or math.ceil(
-        math.ceil(rows / (batch_size * config.num_workers)) * config.epochs)
-    return max(1, min(config.eval_steps, total // 4))
-
-
-def resume_point(ray_checkpoint, location: str, scratch: Path) -> str | None:
-    """The local Hugging Face checkpoint folder to resume from: the further on of the latest
-    checkpoint Ray Train handed this worker and the newest one registered in the storage
-    ``location`` (by an interrupted earlier run); checkpoints in cloud storage are downloaded
-    into ``scratch`` first."""
-    import pyarrow.fs as pafs
-
-    registered = None
-    if ray_checkpoint is not None:
-        if isinstance(ray_checkpoint.filesystem, pafs.LocalFileSystem):
-            folder = Path(ray_checkpoint.path) / "checkpoint"
-        else:
-            folder = Path(ray_checkpoint.to_directory(str(scratch / "resume"))) / "checkpoint"
-        if (folder / "trainer_state.json").is_file():
-            registered = str(folder)
-    newest = latest_checkpoint(location)
-    if newest and (registered is None or resumed_step(newest) > resumed_step(registered)):
-        return str(storage.download(newest, scratch / "resume-newest"))
-    return registered
-
-
-def resumed_step(resume: str | None) -> int:
-    if not resume:
-        return 0
-    state = storage.read_text(storage.join(resume, "trainer_state.json"))
-    return int(json.loads(state)["global_step"])
-
-
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
-
-
-def registered_checkpoints(location: str | Path) -> list[str]:
-    """The Hugging Face checkpoints that a run reported into ``location`` (a local path or a
-    cloud URI) and Ray Train registered (listed in its checkpoint manager's snapshot), oldest
-    first: a folder a worker was killed while writing is never used. Ray Train names checkpoint
-    folders by time, so names sort by age."""
-    root = storage.join(location, "train")
-    try:
-        snapshot = json.loads(storage.read_text(storage.join(root, RAY_SNAPSHOT)))
-        names = sorted(r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"])
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or not a format we know
-        return []
-    folders = [storage.join(root, name, "checkpoint") for name in names]
-    return [f for f in folders if storage.exists(storage.join(f, "trainer_state.json"))]
-
-
-def latest_checkpoint(location: str | Path) -> str | None:
-    """The newest registered checkpoint in ``location`` (see ``registered_checkpoints``)."""
-    return next(reversed(registered_checkpoints(location)), None)
-
-
-def restore_best_checkpoint(resume: str | None, location: str, scratch: Path) -> str | None:
-    """The folder to resume from, with the best checkpoint its state names put back.
-
-    A Hugging Face state names its best checkpoint by a folder in the scratch of the worker
-    that saved it, which a restarted worker has removed: the trainer would drop it and end on
-    the last step's model instead of the best validated one. The registered checkpoint of the
-    best step is copied to ``scratch/checkpoint-<step>``, and the trainer resumes from a copy of
-    the state that names it there."""
-    if not resume:
-        return resume
-    state = json.loads(storage.read_text(storage.join(resume, "trainer_state.json")))
-    step = state.get("best_global_step")
-    if not state.get("best_model_checkpoint") or step is None:
-        return resume
-    best = next((c for c in registered_checkpoints(location) if resumed_step(c) == step),
-                resume if state["global_step"] == step else None)
-    if best is None:  # Ray keeps the best-scored checkpoints, so only a foreign folder lacks it
-        log(f"train: the best checkpoint (step {step}) is gone; the model published will be the "
-            "best of the steps still to run")
-        return resume
-    target = scratch / f"checkpoint-{step}"
-    _copy_folder(best, target)
-    if not Path(resume).is_relative_to(scratch):  # never edit a registered checkpoint
-        _copy_folder(resume, scratch / "resume-state")
-        resume = str(scratch / "resume-state")
-    state["best_model_checkpoint"] = str(target)
-    Path(resume, "trainer_state.json").write_text(json.dumps(state, indent=2))
-    return resume
-
-
-def _copy_folder(source: str, target: Path) -> None:
-    shutil.rmtree(target, ignore_errors=True)
-    if storage.is_uri(source):
-        storage.download(source, target)
-    else:
-        shutil.copytree(source, target)
-
-
 def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location: str,
          ray_config: RayConfig | None, batch_size: int) -> tuple[dict, Path]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -350,7 +193,7 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
                                          resources_per_worker={"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
             run_config=RunConfig(storage_path=path, storage_filesystem=filesystem, name="train",
-                                 checkpoint_config=_checkpoint_config(val_rows is not None),
+                                 checkpoint_config=ray_checkpoint_config(val_rows is not None),
                                  failure_config=FailureConfig(max_failures=config.max_failures)),
         )
         result = trainer.fit()
@@ -359,24 +202,6 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
         local = Path(tempfile.mkdtemp(prefix="customir-model-"))
         result.checkpoint.to_directory(str(local))
         return dict(result.metrics), local
-
-
-def _checkpoint_config(validated: bool):
-    """Ray Train keeps the newest checkpoint and, with validation, the best-scored ones (the
-    best model must outlive a restart that resumes from the newest)."""
-    from ray.train import CheckpointConfig
-
-    if not validated:
-        return CheckpointConfig(num_to_keep=3)
-    return CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=BEST_METRIC,
-                            checkpoint_score_order="max")
-
-
-def checkpoint_location(root: str | Path, config: TrainConfig, inputs: dict[str, str]) -> str:
-    """This run's checkpoint folder under ``root``: one per settings *and* inputs, so a resume
-    never continues a model that was trained with other settings or on other triples."""
-    key = json.dumps([config.config_hash(), inputs], sort_keys=True)
-    return storage.join(root, hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
 def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
@@ -470,26 +295,3 @@ def run(triples_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
     storage.delete_dir(location)  # checkpoints are only for resuming this run
     log(f"train: done {metrics}")
     return manifest
-
-
-def plot_curves(log_history: list[dict], path: Path) -> None:
-    """Training loss and validation nDCG@10 by step (the report shows this figure)."""
-    from matplotlib.figure import Figure  # not pyplot: its backend is the caller's to choose
-
-    loss = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    ndcg = [(e["step"], e[BEST_METRIC]) for e in log_history if BEST_METRIC in e]
-    fig = Figure(figsize=(6, 3.5))
-    left = fig.subplots()
-    if loss:  # with a marker: a run that logged its loss once still shows a point
-        left.plot(*zip(*loss), color="tab:blue", marker="o", markersize=3, label="training loss")
-    else:
-        left.text(0.5, 0.5, "no loss logged", transform=left.transAxes, ha="center",
-                  va="center", color="tab:gray")
-    left.set_xlabel("step")
-    left.set_ylabel("training loss", color="tab:blue")
-    if ndcg:
-        right = left.twinx()
-        right.plot(*zip(*ndcg), color="tab:orange", marker="o", label="validation nDCG@10")
-        right.set_ylabel("validation nDCG@10", color="tab:orange")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
