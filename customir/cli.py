@@ -219,10 +219,20 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    from customir.runtime import sigterm_received, stop_cleanly_on_sigterm
+
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_cleanly_on_sigterm()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
+        if sigterm_received():
+            print("customir: terminated (SIGTERM)", file=sys.stderr)
+            return 143
         print("customir: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - only the known kinds are shown without traceback
@@ -230,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"customir: error: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)  # in-process callers get theirs back
 
 
 if __name__ == "__main__":

@@ -151,10 +151,10 @@ class LLMConfig(_Section):
 
 class IngestConfig(_Section):
     chunk_tokens: int = Field(
-        200, description="Target chunk size in base-model word pieces (MiniLM reads 256)."
+        200, ge=1, description="Target chunk size in base-model word pieces (MiniLM reads 256)."
     )
     min_chunk_tokens: int = Field(
-        8, description="A shorter chunk joins its smaller neighbour (which may then "
+        8, ge=0, description="A shorter chunk joins its smaller neighbour (which may then "
         "exceed chunk_tokens by less than this); one that cannot is skipped (reason: too_short)."
     )
     text_fields: list[str] = Field(
@@ -165,7 +165,14 @@ class IngestConfig(_Section):
     id_fields: list[str] = Field(
         ["_id", "id", "doc_id", "docid"], description="jsonl/parquet: document id field names."
     )
-    max_file_mb: float = Field(200.0, description="Files larger than this are skipped.")
+    max_file_mb: float = Field(200.0, gt=0, description="Files larger than this are skipped.")
+
+    @model_validator(mode="after")
+    def _chunk_sizes(self):
+        if self.chunk_tokens < self.min_chunk_tokens:
+            raise ValueError(f"chunk_tokens ({self.chunk_tokens}) is below min_chunk_tokens "
+                             f"({self.min_chunk_tokens}): every chunk would be too short")
+        return self
 
 
 class MiningBackend(str, enum.Enum):
@@ -210,21 +217,21 @@ class MineConfig(_Section):
         "java_heap", "threads", "batch_size", "num_workers", "resources_per_worker"})
 
     backend: MiningBackend = Field(MiningBackend.bm25s, description="Candidate ranker.")
-    top_k: int = Field(30, description="Candidates retrieved per query before selection.")
-    skip_top: int = Field(0, description="Ignore the first r ranks (often near-duplicates).")
-    num_negatives: int = Field(4, description="Negatives kept per query.")
+    top_k: int = Field(30, ge=1, description="Candidates retrieved per query before selection.")
+    skip_top: int = Field(0, ge=0, description="Ignore the first r ranks (often near-duplicates).")
+    num_negatives: int = Field(4, ge=1, description="Negatives kept per query.")
     relative_margin: float | None = Field(
-        0.95,
+        0.95, gt=0,
         description="Drop candidates scoring above this fraction of the weakest positive's "
         "score (likely false negatives); None disables.",
     )
     absolute_margin: float | None = Field(
-        None, description="Drop candidates scoring above the weakest positive's score minus "
+        None, ge=0, description="Drop candidates scoring above the weakest positive's score minus "
         "this; None disables."
     )
     sampling: Sampling = Field(Sampling.top, description="Top-ranked or random negatives.")
     window: int | None = Field(
-        None, description="sampling=random: sample from candidates ranked up to here "
+        None, ge=1, description="sampling=random: sample from candidates ranked up to here "
         "(default top_k)."
     )
     seed: int = Field(13, description="Seed for random sampling (per query, reproducible).")
@@ -232,22 +239,24 @@ class MineConfig(_Section):
         True, description="Never mine a negative from the positive's own document."
     )
     stemmer: str | None = Field("english", description="bm25s: PyStemmer language, or None.")
-    k1: float = Field(1.5, description="BM25 term-frequency saturation (both BM25 backends).")
-    b: float = Field(0.75, description="BM25 length normalisation (both BM25 backends).")
+    k1: float = Field(1.5, ge=0, description="BM25 term-frequency saturation (both BM25 backends).")
+    b: float = Field(
+        0.75, ge=0, le=1, description="BM25 length normalisation (both BM25 backends).")
     java_heap: str = Field("4g", description="pyserini: maximum Java heap (-Xmx).")
     threads: int | None = Field(
-        None, description="Threads for index building and batch search (default: all cores)."
+        None, ge=1, description="Threads for index building and batch search (default: all cores)."
     )
     dense_model: str = Field(
         "all-MiniLM-L6-v2", description="dense/hybrid: the embedding model ranking candidates."
     )
     dense_search: DenseSearch = Field(DenseSearch.auto, description="dense: search method.")
     faiss_min_chunks: int = Field(
-        200_000, description="dense_search=auto: use faiss from this many chunks on."
+        200_000, ge=0, description="dense_search=auto: use faiss from this many chunks on."
     )
-    rrf_k: int = Field(60, description="hybrid: reciprocal-rank-fusion constant.")
-    batch_size: int = Field(1024, description="Queries per Ray Data batch.")
-    num_workers: int = Field(1, description="Mining actors (each opens the shared index once).")
+    rrf_k: int = Field(60, ge=0, description="hybrid: reciprocal-rank-fusion constant.")
+    batch_size: int = Field(1024, ge=1, description="Queries per Ray Data batch.")
+    num_workers: int = Field(
+        1, ge=1, description="Mining actors (each opens the shared index once).")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources each mining actor asks for (e.g. "
         "{cpu_node: 1} to keep mining off GPU nodes: cluster/cluster.yaml's cpu_worker nodes "
@@ -292,7 +301,7 @@ class GenerateConfig(_Section):
     related_by: MiningBackend = Field(
         MiningBackend.bm25s, description="How related chunks are found for multi-hop questions "
         "and round-trip checks (the index is shared with the mine stage).")
-    related_top_k: int = Field(10, description="Related chunks are drawn from this many "
+    related_top_k: int = Field(10, ge=1, description="Related chunks are drawn from this many "
                                "neighbours (other documents only).")
     profile: ProfileMode = Field(ProfileMode.auto, description="Corpus profile method.")
     profile_sample: int = Field(500, ge=0, description="Chunks sampled for the corpus profile.")
@@ -301,20 +310,21 @@ class GenerateConfig(_Section):
         0.0, ge=0, le=1, description="Share of chunks that give an inverse-cloze pair (a "
         "sentence as the query, the rest of the chunk as the positive). Off by default: on "
         "SciFact, title + inverse-cloze training measured 0.636 nDCG@10 vs 0.645 zero-shot.")
-    min_query_words: int = Field(2, description="Shorter LLM queries are filtered (too_short).")
+    min_query_words: int = Field(
+        2, ge=1, description="Shorter LLM queries are filtered (too_short).")
     min_structural_words: int = Field(
-        1, description="Shorter titles/headings are filtered; one word ('Statins') is a fine "
+        1, ge=1, description="Shorter titles/headings are filtered; one word ('Statins') is a fine "
         "query.")
-    max_query_words: int = Field(40, description="Longer queries are filtered (too_long).")
+    max_query_words: int = Field(40, ge=1, description="Longer queries are filtered (too_long).")
     max_copy_overlap: float = Field(
-        0.8, description="A query of 5+ words whose word 3-grams are found in the passage at "
-        "this share or more is a copy (copied_from_passage).")
+        0.8, gt=0, le=1, description="A query of 5+ words whose word 3-grams are found in the "
+        "passage at this share or more is a copy (copied_from_passage).")
     dedup_cosine: float | None = Field(
-        0.9, description="Drop a query whose base-model cosine to an earlier kept query is at "
-        "least this (near_duplicate); None disables.")
+        0.9, gt=0, le=1, description="Drop a query whose base-model cosine to an earlier kept "
+        "query is at least this (near_duplicate); None disables.")
     dedup_model: str = Field("all-MiniLM-L6-v2", description="Embedding model for dedup.")
     roundtrip_k: int | None = Field(
-        20, description="Round-trip consistency: an LLM query is kept only if one of its "
+        20, ge=1, description="Round-trip consistency: an LLM query is kept only if one of its "
         "chunks is in the top k of ``roundtrip_by`` for it (None disables).")
     roundtrip_by: MiningBackend = Field(MiningBackend.bm25s,
                                         description="Ranker for the round-trip check.")
@@ -323,10 +333,10 @@ class GenerateConfig(_Section):
         "(Nemotron keeps >= 7). Use with a strong backend; None disables.")
     max_attempts: int = Field(3, ge=1, description="Tries per LLM request before a reply "
                               "counts as a failure (retries sample at retry_temperature).")
-    retry_temperature: float = Field(0.7, description="Sampling temperature of retries.")
+    retry_temperature: float = Field(0.7, ge=0, description="Sampling temperature of retries.")
     seed: int = Field(13, description="Seed for chunk choice, kinds and neighbours.")
-    batch_size: int = Field(4, description="LLM requests per Ray Data batch.")
-    num_workers: int = Field(1, description="LLM actors (each loads the model once).")
+    batch_size: int = Field(4, ge=1, description="LLM requests per Ray Data batch.")
+    num_workers: int = Field(1, ge=1, description="LLM actors (each loads the model once).")
 
     @field_validator("kinds", mode="before")
     @classmethod
@@ -346,6 +356,14 @@ class GenerateConfig(_Section):
         if bad:
             raise ValueError(f"kind shares must be within 0-1, got {bad}")
         return value
+
+    @model_validator(mode="after")
+    def _word_limits(self):
+        for low in ("min_query_words", "min_structural_words"):
+            if getattr(self, low) > self.max_query_words:
+                raise ValueError(f"{low} ({getattr(self, low)}) is above max_query_words "
+                                 f"({self.max_query_words}): every query would be filtered")
+        return self
 
 
 class VerifyMethod(str, enum.Enum):
@@ -378,7 +396,7 @@ class VerifyConfig(_Section):
     method: VerifyMethod = Field(VerifyMethod.judge_yes_no,
                                  description="How pairs are scored.")
     max_queries: int | None = Field(
-        None, description="Verify the candidates of at most this many queries (None = all)."
+        None, ge=0, description="Verify the candidates of at most this many queries (None = all)."
     )
     false_negative_margin: float = Field(
         0.0,
@@ -390,7 +408,7 @@ class VerifyConfig(_Section):
         True, description="Keep candidates of queries beyond max_queries (marked unverified) and "
         "those the LLM could not score (marked llm_error) as negatives."
     )
-    batch_size: int = Field(8, description="Queries per Ray Data batch.")
+    batch_size: int = Field(8, ge=1, description="Queries per Ray Data batch.")
 
 
 class TrainLoss(str, enum.Enum):
@@ -424,22 +442,25 @@ class TrainConfig(_Section):
         "(auto_map); off by default: a model folder is data, and code in it could do anything. "
         "Applies to training and evaluation; export and serving always load without it.")
     split: tuple[float, float, float] = Field(
-        (0.8, 0.1, 0.1), description="train / validation / test fractions, by document."
+        (0.8, 0.1, 0.1), description="train / validation / test fractions, by document "
+        "(each >= 0, train > 0, summing to 1)."
     )
     seed: int = Field(13, description="Seed for the split and the training order.")
-    epochs: float = Field(1.0, description="Training epochs.")
-    batch_size: int = Field(32, description="Per-worker batch size (in-batch negatives; with "
+    epochs: float = Field(1.0, gt=0, description="Training epochs.")
+    batch_size: int = Field(32, ge=1, description="Per-worker batch size (in-batch negatives; with "
                             "several workers they are gathered across workers).")
-    learning_rate: float = Field(2e-5, description="Peak learning rate (linear warmup/decay).")
-    warmup_ratio: float = Field(0.1, description="Share of steps spent warming up.")
-    max_seq_length: int = Field(256, description="Truncation length for queries and passages.")
-    hard_negatives: int = Field(1, description="Hard-negative columns per training row.")
+    learning_rate: float = Field(
+        2e-5, gt=0, description="Peak learning rate (linear warmup/decay).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
+    max_seq_length: int = Field(
+        256, ge=8, description="Truncation length for queries and passages.")
+    hard_negatives: int = Field(1, ge=0, description="Hard-negative columns per training row.")
     loss: TrainLoss = Field(TrainLoss.mnrl, description="Contrastive loss.")
     temperature: float = Field(
         0.05, gt=0, description="Softmax temperature of the loss (MNRL's scale = 1/temperature). "
         "Measured on SciFact (benchmarks/beir.py): 0.05 gave 0.6559 nDCG@10 on the human test "
         "queries vs 0.6497 with NVIDIA's 0.02 (README, Results on human queries).")
-    mini_batch_size: int = Field(16, description="cached_mnrl: texts per forward pass.")
+    mini_batch_size: int = Field(16, ge=1, description="cached_mnrl: texts per forward pass.")
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Override the base model's dropout rate (None keeps it; "
         "0 makes steps deterministic, e.g. to compare worker counts).")
@@ -450,18 +471,18 @@ class TrainConfig(_Section):
         50, ge=1, description="Validate (IR metrics on the validation split) and checkpoint "
         "every this many steps.")
     patience: int | None = Field(
-        3, description="Stop after this many validations without a better nDCG@10 (None: "
+        3, ge=1, description="Stop after this many validations without a better nDCG@10 (None: "
         "never stop early). The final model is the best validated one, not the last.")
-    num_workers: int = Field(1, description="Ray Train workers (DDP over gloo on CPUs).")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP over gloo on CPUs).")
     cpus_per_worker: int | None = Field(
-        None, description="CPUs per worker (default: all cores / workers)."
+        None, ge=1, description="CPUs per worker (default: all cores / workers)."
     )
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL).")
     deepspeed_stage: int | None = Field(
         None, ge=0, le=3, description="Train with DeepSpeed ZeRO at this stage (through the "
         "Hugging Face trainer; bf16 on GPUs that support it); None: plain DDP. On CPUs it runs "
         "with DS_ACCELERATOR=cpu (needs the deepspeed extra).")
-    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (a "
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (a "
                                   "time budget: ~2 rows/s on 2 CPU cores; also smoke tests).")
     checkpoint_storage: str | None = Field(
         None, description="Where checkpoints go while training: a local folder or a cloud URI "
@@ -475,6 +496,14 @@ class TrainConfig(_Section):
     query_kinds: list[str] | None = Field(
         None, description="Train only on queries of these kinds (e.g. [title, heading] for "
         "structural pairs only; None: every kind). Left-out queries are counted, not lost.")
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) < 0 or value[0] <= 0 or abs(sum(value) - 1) > 1e-6:
+            raise ValueError(f"train / validation / test fractions must be >= 0 with train > 0 "
+                             f"and sum to 1 (they sum to {sum(value):g})")
+        return value
 
 
 class BeirEvalConfig(_Section):
@@ -506,8 +535,8 @@ class EvaluateConfig(_Section):
         default_factory=list,
         description="Real query sets with human qrels on the ingested corpus (doc ids).",
     )
-    batch_size: int = Field(64, description="Encoding batch size.")
-    permutations: int = Field(10000, description="Paired randomization test permutations.")
+    batch_size: int = Field(64, ge=1, description="Encoding batch size.")
+    permutations: int = Field(10000, ge=1, description="Paired randomization test permutations.")
 
     @field_validator("k_values")
     @classmethod
@@ -532,22 +561,23 @@ class EvaluateConfig(_Section):
 
 
 class ExportConfig(_Section):
-    opset: int = Field(17, description="ONNX opset.")
+    opset: int = Field(17, ge=14, description="ONNX opset (14 or later).")
     min_cosine: float = Field(0.9999, le=1, description="Parity check: fail below this cosine.")
     max_abs_diff: float = Field(
         1e-4, gt=0, description="Parity check: fail where a coordinate differs by more (fp32 "
         "ONNX vs torch differ by ~1e-7 on MiniLM; a graph without normalization by ~1e-1).")
-    parity_samples: int = Field(32, description="Texts compared between torch and ONNX.")
+    parity_samples: int = Field(32, ge=1, description="Texts compared between torch and ONNX.")
     int8: bool = Field(
         True, description="Also write model.int8.onnx (onnxruntime dynamic quantization), kept "
         "only if it passes both int8 checks below.")
-    int8_min_cosine: float = Field(0.99, description="int8 vs fp32 cosine floor on the sample.")
+    int8_min_cosine: float = Field(
+        0.99, le=1, description="int8 vs fp32 cosine floor on the sample.")
     int8_max_ndcg_drop: float = Field(
-        0.01, description="Largest nDCG@10 loss of int8 vs fp32 on the run's test split.")
+        0.01, ge=0, description="Largest nDCG@10 loss of int8 vs fp32 on the run's test split.")
     tensorrt: bool = Field(
         False, description="Build a TensorRT fp16 engine (model.plan); needs a CUDA GPU and the "
         "gpu extra.")
-    tensorrt_max_batch: int = Field(64, description="TensorRT profile: largest batch.")
+    tensorrt_max_batch: int = Field(64, ge=1, description="TensorRT profile: largest batch.")
 
 
 class EncoderBackend(str, enum.Enum):
@@ -636,7 +666,7 @@ class RayConfig(_Section):
     address: str | None = Field(
         None, description="Existing cluster (ray://… or auto); default: RAY_ADDRESS, else local."
     )
-    num_cpus: int | None = Field(None, description="Local cluster CPUs (default: all cores).")
+    num_cpus: int | None = Field(None, ge=1, description="Local cluster CPUs (default: all cores).")
     worker_niceness: int = Field(
         0, ge=0, le=19,
         description="Niceness of the workers of a local cluster customir starts (Ray's own "
@@ -732,6 +762,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a YAML config file (`customir run "
+                              "CONFIG.yaml`; a corpus folder goes in the config's 'corpus')")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:

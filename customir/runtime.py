@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -26,6 +28,37 @@ WORKER_ENV = {
 SKIP_REASON = "skip_reason"
 MAX_BLOCKS = 200
 SKIP_DETAIL = "skip_detail"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or Kubernetes stopping the job), raised in the main thread so a run
+    stops the way Ctrl-C stops it: outputs stay atomic, Ray shuts down, one line is printed.
+    Raised inside ``ray.get`` it comes out as a plain KeyboardInterrupt (Ray re-raises its
+    own), so :func:`sigterm_received` tells the two apart."""
+
+
+_sigterm_received = False
+
+
+def sigterm_received() -> bool:
+    """Whether a SIGTERM arrived since :func:`stop_cleanly_on_sigterm` was called."""
+    return _sigterm_received
+
+
+def _raise_terminated(signum, frame):
+    global _sigterm_received
+    _sigterm_received = True
+    raise Terminated()
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread (called at the CLI's start).
+    :func:`ray_session` puts this handler back once Ray has connected: the Ray core installs one
+    of its own that dumps a C++ stack trace and aborts the driver (exit 134)."""
+    global _sigterm_received
+    if threading.current_thread() is threading.main_thread():
+        _sigterm_received = False
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 @contextlib.contextmanager
@@ -46,6 +79,7 @@ def ray_session(config: RayConfig | None = None,
         return
     address = config.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": worker_env()}
+    keep_sigterm = signal.getsignal(signal.SIGTERM) is _raise_terminated
     if address:
         log(f"joining Ray cluster at {address}")
         ray.init(address=address, runtime_env=env, log_to_driver=False)
@@ -62,6 +96,8 @@ def ray_session(config: RayConfig | None = None,
                      include_dashboard=False,
                      log_to_driver=False, configure_logging=False,
                      _system_config={"worker_niceness": config.worker_niceness})
+    if keep_sigterm:  # the CLI's handler, over the ones ray.init just installed
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:

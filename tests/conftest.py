@@ -125,6 +125,21 @@ def write_stage(folder: Path, schema, rows: list[dict]) -> Path:
     return folder
 
 
+def export_one_document(run: Path, export_config):
+    """Ingest one two-sentence document into ``run`` and export the packaged MiniLM there (the
+    serving tests' model); returns the export manifest."""
+    from customir.config import IngestConfig
+    from customir.corpus import ingest
+    from customir.export import onnx
+    from customir.models import resolve_base_model
+
+    corpus = run / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("Insulin regulates blood glucose. The pancreas secretes it.")
+    ingest.run(corpus, run, IngestConfig(min_chunk_tokens=1))
+    return onnx.run(resolve_base_model("all-MiniLM-L6-v2"), run / "chunks", run, export_config)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -109,6 +109,19 @@ def test_bad_override():
     # -1 would send every chunk but one to the LLM
     ("generate.max_llm_chunks=-1", "max_llm_chunks"),
     ("generate.profile_sample=-1", "profile_sample"),
+    # found by black-box runs: 0 hung ingest at 100 % CPU; the others failed deep in a stage
+    # with a traceback, or ran and silently wrote less
+    ("ingest.chunk_tokens=0", "ingest.chunk_tokens"),
+    ("ingest.chunk_tokens=4", "chunk_tokens .4. is below min_chunk_tokens .8."),
+    ("ingest.max_file_mb=-1", "ingest.max_file_mb"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.learning_rate=-1", "train.learning_rate"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.split=[0.5, 0.6, 0.1]", "sum to 1 .they sum to 1.2."),
+    ("train.split=[0, 0.5, 0.5]", "train > 0"),
+    ("mine.num_negatives=-2", "mine.num_negatives"),
+    ("mine.top_k=0", "mine.top_k"),
+    ("generate.min_query_words=50", "min_query_words .50. is above max_query_words"),
 ])
 def test_bad_override_values_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):

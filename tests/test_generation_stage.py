@@ -183,3 +183,18 @@ def test_a_judge_that_grades_nothing_fails(run_dir):
     with pytest.raises(ValueError, match=r"generate: the LLM judge graded none of the 1 "
                                          r"queries .*first error: .*Connect"):
         filter_by_judge([query], chunks, GenerateConfig(llm=_down_llm(), judge_min_score=7))
+
+
+def test_a_corpus_that_gives_no_query_fails_generate_with_why(tmp_path, ray_cluster):
+    """Untitled text and no LLM queries: before, generate published an empty table and the run
+    went on through mine and verify until train found no rows."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "notes.txt").write_text("Aspirin lowers the risk of a second heart attack in "
+                                      "adults who already had one, in most trials.\n")
+    ingest.run(corpus, tmp_path / "run", IngestConfig())
+    with pytest.raises(ValueError, match=r"generate: no query kept for the 1 chunks .*documents "
+                                         r"without titles or headings give no free queries"):
+        generate.run(tmp_path / "run" / "chunks", tmp_path / "run",
+                     GenerateConfig(llm=SCRIPTED, kinds={}, multihop=0.0))
+    assert not (tmp_path / "run" / "queries").exists()

@@ -11,11 +11,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from customir.config import EncoderBackend, ExportConfig, IngestConfig
-from customir.corpus import ingest
-from customir.export import onnx
-from customir.models import resolve_base_model
+from customir.config import EncoderBackend, ExportConfig
 from customir.serve.encoder import load_encoder
+
+from conftest import export_one_document
 
 pytestmark = pytest.mark.gpu
 
@@ -38,12 +37,8 @@ def _cuda_and_tensorrt() -> None:
 def exported_with_engine(tmp_path_factory):
     _cuda_and_tensorrt()
     run = tmp_path_factory.mktemp("gpu")
-    corpus = run / "corpus"
-    corpus.mkdir()
-    (corpus / "a.txt").write_text("Insulin regulates blood glucose. The pancreas secretes it.")
-    ingest.run(corpus, run, IngestConfig(min_chunk_tokens=1))
-    manifest = onnx.run(resolve_base_model("all-MiniLM-L6-v2"), run / "chunks", run,
-                        ExportConfig(int8=False, tensorrt=True, tensorrt_max_batch=MAX_BATCH))
+    manifest = export_one_document(run, ExportConfig(int8=False, tensorrt=True,
+                                                     tensorrt_max_batch=MAX_BATCH))
     return run / "export", manifest
 
 

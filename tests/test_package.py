@@ -48,6 +48,20 @@ def test_missing_corpus_folder_is_a_one_line_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_file_for_a_folder_and_a_folder_for_a_file_are_named_as_such(tmp_path):
+    (tmp_path / "doc.md").write_text("# Title\n\ntext\n")
+    out = subprocess.run([sys.executable, "-m", "customir.cli", "ingest", str(tmp_path / "doc.md"),
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"customir: error: corpus {tmp_path / 'doc.md'} is a file, not "
+                                  "a folder: give the folder that holds it")
+    out = subprocess.run([sys.executable, "-m", "customir.cli", "run", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith(f"customir: error: {tmp_path} is a folder, not a YAML "
+                                         "config file")
+
+
 def test_a_stage_runs_alone_from_the_cli_and_prints_its_counts(tmp_path, fixture_corpus):
     import json
 

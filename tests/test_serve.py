@@ -9,14 +9,12 @@ import numpy as np
 import openai
 import pytest
 
-from customir.config import EncoderBackend, ExportConfig, IngestConfig, ServeConfig
-from customir.corpus import ingest
+from customir.config import EncoderBackend, ExportConfig, ServeConfig
 from customir.export import onnx
-from customir.models import resolve_base_model
 from customir.serve import app, lifecycle
 from customir.serve.encoder import OnnxEncoder, TorchEncoder, load_encoder
 
-from conftest import free_port
+from conftest import export_one_document, free_port
 
 pytestmark = pytest.mark.ray
 KEY = "test-key-0123456789"
@@ -25,12 +23,7 @@ KEY = "test-key-0123456789"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     run = tmp_path_factory.mktemp("serve")
-    corpus = run / "corpus"
-    corpus.mkdir()
-    (corpus / "a.txt").write_text("Insulin regulates blood glucose. The pancreas secretes it.")
-    ingest.run(corpus, run, IngestConfig(min_chunk_tokens=1))
-    manifest = onnx.run(resolve_base_model("all-MiniLM-L6-v2"), run / "chunks", run,
-                        ExportConfig())
+    manifest = export_one_document(run, ExportConfig())
     assert manifest.extra["parity"]["min_cosine"] >= 0.9999
     assert manifest.extra["int8"]["accepted"], manifest.extra["int8"]
     return run
@@ -196,6 +189,15 @@ def test_malformed_json_oversized_body_and_keys(server):
                           headers={"Authorization": f"Bearer {KEY}",
                                    "Content-Type": "application/json"}, timeout=30)
     assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]["message"]
+    # found by black-box runs: curl's default form type, and union errors listing every member
+    form = httpx.post(f"{url}/embeddings", content=b'{"input": "hi"}', timeout=30, headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/x-www-form-urlencoded"})
+    assert (form.status_code, form.json()["error"]["message"]) == (
+        400, "send the body as JSON with 'Content-Type: application/json'")
+    for bad_input in (["a", 1], None):
+        refused = _post(url, {"input": bad_input})
+        assert (refused.status_code, refused.json()["error"]["message"]) == (
+            400, "'input' must be a string or a list of strings")
     huge = _post(url, {"input": "x" * 1_000_000})
     assert huge.status_code == 413 and "over the limit" in huge.json()["error"]["message"]
     # the same body sent without a declared length (Transfer-Encoding: chunked)
@@ -394,6 +396,29 @@ def test_cli_serves_a_run_folder_and_prints_a_curl_example(exported):
         assert len(reply["data"][0]["embedding"]) == 384
     finally:
         _stop_cli(proc)
+
+
+def test_cli_serve_on_a_port_in_use_is_one_line(exported):
+    """Before, Ray's proxy failing to bind came out as a 48-line traceback."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        done = subprocess.run([sys.executable, "-m", "customir.cli", "serve", str(exported),
+                               "--port", str(port)], capture_output=True, text=True, env=env,
+                              timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"customir: error: cannot serve on 127.0.0.1:{port}: the address is in use (choose "
+        "another port with --port or serve.port)")
+    assert "Traceback" not in done.stderr
 
 
 def _haproxy_configs() -> list[str]:

@@ -35,3 +35,7 @@ def test_only_queries_whose_every_positive_is_held_out(tmp_path):
     assert sorted(test.queries.values()) == ["b and c", "only b"]
     multihop = next(q for q, text in test.queries.items() if text == "b and c")
     assert test.qrels[multihop] == {"b#0": 1, "c#0": 1}
+    # the inverse-cloze sentence is left out, and counted
+    assert test.left_out == {"inverse_cloze": 1}
+    balance = test.balance()
+    assert (balance.n_in, balance.n_out, balance.skipped) == (3, 2, {"inverse_cloze": 1})

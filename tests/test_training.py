@@ -191,6 +191,43 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, whe
     assert not storage.exists(location)  # checkpoints are removed once the model is published
 
 
+def test_ctrl_c_during_training_stops_the_cli_with_one_line_and_keeps_the_checkpoint(
+        triples, tmp_path):
+    """Ray Train's own SIGINT handler used to abort the workers and let the CLI go on (exit 1,
+    no message); it also stayed installed, so Ctrl-C in later stages went unheeded."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("triples", "chunks"):
+        (out / name).symlink_to(triples / name)
+    settings = {**SMALL, "eval_steps": 3, "max_steps": 60, "patience": None}
+    overrides = [f"train.{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}"
+                 for key, value in settings.items()]
+    command = [sys.executable, "-m", "customir.cli", "train", str(out / "triples"), "--chunks",
+               str(out / "chunks"), "--out", str(out)]
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray cluster
+    process = subprocess.Popen(command, start_new_session=True, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    location = checkpoints.checkpoint_location(out / ".ray", TrainConfig(**settings),
+                                               _inputs(out))
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoints.latest_checkpoint(location):
+            assert process.poll() is None, process.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "customir: interrupted"
+    assert not (out / "train").exists()  # nothing published
+    assert checkpoints.latest_checkpoint(location)  # a rerun resumes from here
+
+
 def _train_worker_pids() -> set[int]:
     """Processes of Ray Train workers on this machine (Ray titles them ``ray::RayTrainWorker``)."""
     pids = set()

@@ -339,7 +339,8 @@ def corpus_fingerprint(root: Path) -> str:
 def iter_documents(root: Path, config: IngestConfig) -> Iterator[Document | Skip]:
     """Walk ``root`` recursively in a stable order; yield documents and skips."""
     if not root.is_dir():
-        raise FileNotFoundError(f"corpus folder not found: {root}")
+        raise FileNotFoundError(f"corpus {root} is a file, not a folder: give the folder that "
+                                "holds it" if root.exists() else f"corpus folder not found: {root}")
     for entry in corpus_entries(root, SUPPORTED):
         if isinstance(entry, Skip):
             yield entry

@@ -16,8 +16,8 @@ import csv
 import json
 import shutil
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -86,6 +86,12 @@ class TestSet:
     queries: dict[str, str]         # query_id → text (positives in test documents only)
     qrels: Qrels                    # query_id → {chunk_id: 1} (every chunk it was written for)
     test_docs: int = 0              # documents the train stage held out for testing
+    left_out: dict[str, int] = field(default_factory=dict)  # test queries not scored, by kind
+
+    def balance(self) -> Balance:
+        """Generated queries on test documents: scored + left out by kind."""
+        n_out = len(self.queries)
+        return Balance(n_out + sum(self.left_out.values()), n_out, dict(self.left_out))
 
 
 # Inverse-cloze queries are sentences of their own chunk: trivially found, not a retrieval test.
@@ -106,13 +112,16 @@ def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> 
     positives: dict[str, set[str]] = defaultdict(set)
     for t in triples:
         positives[t["query"]].add(t["chunk_id"])
-    queries = {t["query_id"]: t["query"] for t in triples
-               if t["kind"] not in NOT_TEST_KINDS
-               and all(chunk_doc[c] in test_docs for c in positives[t["query"]])}
+    on_test = [t for t in triples if all(chunk_doc[c] in test_docs for c in positives[t["query"]])]
+    queries = {t["query_id"]: t["query"] for t in on_test if t["kind"] not in NOT_TEST_KINDS}
     # one test query per text (a multi-hop question has a row per supporting chunk)
     queries = {qid: q for q, qid in {q: qid for qid, q in sorted(queries.items())}.items()}
+    scored = set(queries.values())
+    left_out = Counter(kind for kind, _ in {(t["kind"], t["query"]) for t in on_test
+                                            if t["kind"] in NOT_TEST_KINDS
+                                            and t["query"] not in scored})
     qrels = {qid: {c: 1 for c in positives[q]} for qid, q in queries.items()}
-    return TestSet(corpus, chunk_doc, queries, qrels, len(test_docs))
+    return TestSet(corpus, chunk_doc, queries, qrels, len(test_docs), dict(left_out))
 
 
 def check_triples_chunks(triples: list[dict], chunk_doc: dict[str, str], chunks_dir: Path) -> None:
@@ -199,8 +208,10 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
         sets[SYNTHETIC_SET] = _score(
             _systems(models, corpus, bm25, test.queries, k, config.batch_size, cache),
             test.qrels, config)
-        sets[SYNTHETIC_SET]["note"] = ("Generated queries on held-out test documents "
-                                       "(split by document; never trained on).")
+        sets[SYNTHETIC_SET]["note"] = (
+            "Generated queries on held-out test documents (split by document; never trained "
+            "on)." + "".join(f" {n} {kind} queries left out (a sentence of its own chunk is "
+                             "found by string matching)." for kind, n in test.left_out.items()))
     for judged in judged_sets:
         sets[judged.name] = _score_beir(judged, models, corpus, test.chunk_doc, bm25, config,
                                         cache)
@@ -211,6 +222,7 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
             shutil.copy(train_dir / "curves.png", tmp / "training_curves.png")
         details["stage_seconds"]["evaluate"] = round(time.monotonic() - started, 1)
         write_report(tmp, sets, training_data_summary(manifests), details, config.k_values)
+        manifest.balances[SYNTHETIC_SET] = test.balance()
         manifest.balances.update({f"beir:{j.name}": j.balance for j in judged_sets})
         manifest.extra["sets"] = {name: {"n_queries": d["n_queries"],
                                          COMPARED_METRIC: {s: round(m[COMPARED_METRIC], 4)

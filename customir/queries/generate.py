@@ -286,6 +286,13 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
                        for a in asks for k in a.kinds
                        if answers and (a.request_id, k) not in answers.values)
     dropped = Counter(c.reason for c in candidates if c.reason)
+    if not table.num_rows:  # nothing to train on: said here, not by train after mine/verify
+        raise ValueError(
+            f"generate: no query kept for the {len(chunks.ids)} chunks (candidates: "
+            f"{len(candidates)}, dropped {dict(dropped) or 'none'}, reply failures "
+            f"{dict(failures) or 'none'}): documents without titles or headings give no free "
+            "queries; let the LLM write some (generate.max_llm_chunks, generate.kinds) or set "
+            "generate.inverse_cloze")
     answered_chunks = {rid.split(":", 1)[1] for rid, _ in (answers.values if answers else {})
                        if rid.startswith("q:")}
     asked_chunks = {a.request_id.split(":", 1)[1] for a in asks if a.request_id.startswith("q:")}

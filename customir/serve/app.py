@@ -27,7 +27,8 @@ from customir.config import EncoderBackend, ServeConfig
 from customir.node_files import ShippedFolder, resolve
 from customir.serve.openai_schema import (Embedding, EmbeddingRequest, EmbeddingResponse,
                                           ModelCard, ModelList, RequestError, Usage,
-                                          encode_embedding, validate_request)
+                                          encode_embedding, validate_request,
+                                          validation_message)
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
 # runtime, and inside a Ray Serve class string annotations do not resolve.
@@ -163,10 +164,9 @@ def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
     app = FastAPI(title="customir embeddings")
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
-                            for e in exc.errors()[:3])
-        return error_response(RequestError(message or "invalid request"))
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(RequestError(validation_message(
+            exc.errors(), request.headers.get("content-type", ""))))
 
     @app.exception_handler(RequestError)
     async def _refused(_: Request, exc: RequestError):

@@ -86,17 +86,26 @@ def start(model: str | Path, config: ServeConfig) -> str:
     model_dir = resolve_model_dir(model, config.backend)
     key = api_key(config)
     running = _get_global_client(raise_if_no_controller_running=False)
-    if running is None:
-        serve.start(http_options={"host": config.host, "port": config.port,
-                                  "request_timeout_s": config.request_timeout_s + PROXY_GRACE_S})
-        _serve_started_here = True
-    elif (running.http_config.host, running.http_config.port) != (config.host, config.port):
+    if running is not None and (running.http_config.host, running.http_config.port) != (
+            config.host, config.port):
         raise ValueError(f"Ray Serve already runs on this cluster at "
                          f"{running.http_config.host}:{running.http_config.port}; set "
                          "serve.host and serve.port to those, or serve on a cluster of its own")
-    # replicas may land on nodes that do not see this machine's disk
-    serve.run(build_app(ShippedFolder.ship(model_dir), config, key), name=APP_NAME,
-              route_prefix="/")
+    try:
+        if running is None:
+            _serve_started_here = True
+            serve.start(http_options={
+                "host": config.host, "port": config.port,
+                "request_timeout_s": config.request_timeout_s + PROXY_GRACE_S})
+        # replicas may land on nodes that do not see this machine's disk
+        serve.run(build_app(ShippedFolder.ship(model_dir), config, key), name=APP_NAME,
+                  route_prefix="/")
+    except Exception as exc:  # noqa: BLE001 - the proxy's bind failure, said in one line
+        if "Failed to bind to address" not in str(exc):
+            raise
+        stop()
+        raise ValueError(f"cannot serve on {config.host}:{config.port}: the address is in use "
+                         "(choose another port with --port or serve.port)") from None
     url = f"http://{config.host}:{config.port}/v1"
     log(f"serve: {config.model_name} ({config.backend.value}) at {url}/embeddings")
     return url

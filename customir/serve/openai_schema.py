@@ -77,6 +77,42 @@ class RequestError(ValueError):
                           "param": self.param, "code": self.code}}
 
 
+def validation_message(errors: list[dict], content_type: str = "application/json") -> str:
+    """One plain line for what FastAPI found wrong in a request body (its errors for a union
+    field list every member: ``input.str: ...; input.list[int].0: ...``).
+
+    >>> validation_message([{"type": "json_invalid", "loc": ("body", 9), "msg": "JSON decode "
+    ...                      "error", "ctx": {"error": "Expecting value"}}])
+    'malformed JSON at character 9: Expecting value'
+    >>> validation_message([{"type": "model_attributes_type", "loc": ("body",), "msg": "",
+    ...                      "input": b'{"input": "hi"}'}], "application/x-www-form-urlencoded")
+    "send the body as JSON with 'Content-Type: application/json'"
+    >>> validation_message([{"type": "string_type", "loc": ("body", "input", "str")},
+    ...                     {"type": "list_type", "loc": ("body", "input", "list[str]")}])
+    "'input' must be a string or a list of strings"
+    """
+    parts: list[str] = []
+    for error in errors:
+        where = error["loc"][1:]
+        if error["type"] == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "cannot be parsed")
+            return f"malformed JSON at character {where[0] if where else 0}: {reason}"
+        if not where:  # the body as a whole
+            if "json" not in content_type.lower():
+                return "send the body as JSON with 'Content-Type: application/json'"
+            return "the body must be a JSON object, e.g. {\"input\": \"text\"}"
+        field = str(where[0])
+        if error["type"] == "missing":
+            part = f"'{field}' is required"
+        elif field == "input":
+            part = "'input' must be a string or a list of strings"
+        else:
+            part = f"'{field}': {error['msg']}"
+        if part not in parts:
+            parts.append(part)
+    return "; ".join(parts[:3]) or "invalid request"
+
+
 def validate_request(request: EmbeddingRequest, served_model: str, dimension: int,
                      max_items: int, max_chars: int = 20000) -> list[str]:
     """The texts to embed, or a RequestError saying what is wrong with the request. A lone

@@ -163,6 +163,50 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics)
 
 
+def _fit_interruptibly(trainer):
+    """``trainer.fit()``, where Ctrl-C stops the run like any other stage: Ray Train's own
+    SIGINT handler aborts the workers, then lets the driver carry on (exit 1, no message) and
+    stays installed, so a later Ctrl-C in evaluate or export went unheeded. Here the first
+    Ctrl-C aborts the workers and raises KeyboardInterrupt once they stopped (the checkpoints
+    stay for a rerun to resume from), a second one raises at once; the previous handler comes
+    back afterwards."""
+    import signal
+    import threading
+
+    import ray
+
+    interrupted: list[bool] = []
+
+    def register(controller) -> None:  # replaces DataParallelTrainer._register_sigint_handler
+        def on_sigint(signum, frame):
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted.append(True)
+            log("train: interrupted; stopping the workers (Ctrl-C again to stop at once)")
+            try:
+                ray.get(controller.abort.remote())
+            except ray.exceptions.RayActorError:
+                pass  # the controller already ended
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    trainer._register_sigint_handler = register
+    try:
+        result = trainer.fit()
+    except Exception:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
 def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location: str,
          ray_config: RayConfig | None, batch_size: int) -> tuple[dict, Path]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -196,7 +240,7 @@ def _fit(config: TrainConfig, train_rows: Path, val_rows: Path | None, location:
                                  checkpoint_config=ray_checkpoint_config(val_rows is not None),
                                  failure_config=FailureConfig(max_failures=config.max_failures)),
         )
-        result = trainer.fit()
+        result = _fit_interruptibly(trainer)
         if result.checkpoint is None or not (result.metrics or {}).get(FINAL):
             raise RuntimeError(f"training reported no final model (error: {result.error})")
         local = Path(tempfile.mkdtemp(prefix="customir-model-"))
