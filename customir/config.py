@@ -317,8 +317,8 @@ class GenerateConfig(_Section):
         "query.")
     max_query_words: int = Field(40, ge=1, description="Longer queries are filtered (too_long).")
     max_copy_overlap: float = Field(
-        0.8, gt=0, le=1, description="A query of 5+ words whose word 3-grams are found in the "
-        "passage at this share or more is a copy (copied_from_passage).")
+        0.8, gt=0, description="A query of 5+ words whose word 3-grams are found in the "
+        "passage at this share or more is a copy (copied_from_passage); above 1 disables.")
     dedup_cosine: float | None = Field(
         0.9, gt=0, le=1, description="Drop a query whose base-model cosine to an earlier kept "
         "query is at least this (near_duplicate); None disables.")
@@ -810,6 +810,9 @@ def _one_line(error, section: str = "") -> str:
         if where.endswith("api_key_env"):  # not a variable's name: perhaps a pasted key
             parts.append(f"{where}: must name an environment variable (letters, digits, _), "
                          "not hold the key")
+            continue
+        if isinstance(item.get("input"), dict):  # a whole section: it may hold a pasted key
+            parts.append(f"{where}: {item['msg']}")
             continue
         parts.append(f"{where}: {item['msg']} (got {got[:60] + '…' if len(got) > 60 else got})")
     return "; ".join(sorted(parts))

@@ -79,7 +79,8 @@ def ray_session(config: RayConfig | None = None,
         return
     address = config.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": worker_env()}
-    keep_sigterm = signal.getsignal(signal.SIGTERM) is _raise_terminated
+    keep_sigterm = (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGTERM) is _raise_terminated)
     if address:
         log(f"joining Ray cluster at {address}")
         ray.init(address=address, runtime_env=env, log_to_driver=False)
@@ -96,9 +97,9 @@ def ray_session(config: RayConfig | None = None,
                      include_dashboard=False,
                      log_to_driver=False, configure_logging=False,
                      _system_config={"worker_niceness": config.worker_niceness})
-    if keep_sigterm:  # the CLI's handler, over the ones ray.init just installed
-        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        if keep_sigterm:  # the CLI's handler, over the ones ray.init just installed
+            signal.signal(signal.SIGTERM, _raise_terminated)
         yield
     finally:
         ray.shutdown()

@@ -226,6 +226,11 @@ def test_an_api_key_given_as_the_variable_name_is_refused_without_echoing_it():
     assert "abc123" not in str(error.value)
     assert load_config(None, ["generate.llm.api_key_env=MY_KEY_2"]).generate.llm.api_key_env == \
         "MY_KEY_2"
+    # a section-level check (here min above max) must not print the section with the key
+    with pytest.raises(ConfigError, match="min_query_words .50. is above") as error:
+        load_config(None, ["generate.llm.api_key_env=gsk_8fQ2xLmN0pastedSecret",
+                           "generate.min_query_words=50"])
+    assert "pastedSecret" not in str(error.value)
     with pytest.raises(ConfigError, match="serve.api_key_env: must name") as error:
         load_config(None, ["serve.api_key_env=sk-live-abc123"])
     assert "abc123" not in str(error.value)

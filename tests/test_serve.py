@@ -398,6 +398,18 @@ def test_cli_serves_a_run_folder_and_prints_a_curl_example(exported):
         _stop_cli(proc)
 
 
+def test_cli_serve_stopped_by_sigterm_says_so(exported):
+    """SIGTERM (Kubernetes stopping the pod) ends `customir serve` the way it ends every other
+    command: the app deleted, one line, exit 143 — not a silent 0, nor Ray's stack dump."""
+    import signal
+
+    proc, lines = _cli_serve(exported, "--port", str(free_port()))
+    assert lines and lines[0].startswith("serving customir-embed at "), lines
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 143
+
+
 def test_cli_serve_on_a_port_in_use_is_one_line(exported):
     """Before, Ray's proxy failing to bind came out as a 48-line traceback."""
     import os
@@ -416,8 +428,8 @@ def test_cli_serve_on_a_port_in_use_is_one_line(exported):
                               timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
-        f"customir: error: cannot serve on 127.0.0.1:{port}: the address is in use (choose "
-        "another port with --port or serve.port)")
+        f"customir: error: cannot serve on 127.0.0.1:{port}: the address is in use; choose "
+        "another with --host/--port or serve.host/serve.port")
     assert "Traceback" not in done.stderr
 
 

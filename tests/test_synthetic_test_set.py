@@ -39,3 +39,14 @@ def test_only_queries_whose_every_positive_is_held_out(tmp_path):
     assert test.left_out == {"inverse_cloze": 1}
     balance = test.balance()
     assert (balance.n_in, balance.n_out, balance.skipped) == (3, 2, {"inverse_cloze": 1})
+
+
+def test_a_test_split_of_inverse_cloze_queries_only_says_they_were_left_out(tmp_path):
+    import pytest
+
+    from customir.evaluate.evaluate import EvalDataError, TestSet, check_something_to_evaluate
+
+    test = TestSet({}, {}, {}, {}, test_docs=2, left_out={"inverse_cloze": 3}, on_test_docs=3)
+    with pytest.raises(EvalDataError, match=r"the 3 generated queries on the test documents are "
+                                            r"all left out .{'inverse_cloze': 3}"):
+        check_something_to_evaluate(test, [], tmp_path)

@@ -87,11 +87,11 @@ class TestSet:
     qrels: Qrels                    # query_id → {chunk_id: 1} (every chunk it was written for)
     test_docs: int = 0              # documents the train stage held out for testing
     left_out: dict[str, int] = field(default_factory=dict)  # test queries not scored, by kind
+    on_test_docs: int = 0           # distinct generated query texts wholly on test documents
 
     def balance(self) -> Balance:
         """Generated queries on test documents: scored + left out by kind."""
-        n_out = len(self.queries)
-        return Balance(n_out + sum(self.left_out.values()), n_out, dict(self.left_out))
+        return Balance(self.on_test_docs, len(self.queries), dict(self.left_out))
 
 
 # Inverse-cloze queries are sentences of their own chunk: trivially found, not a retrieval test.
@@ -121,7 +121,8 @@ def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> 
                                             if t["kind"] in NOT_TEST_KINDS
                                             and t["query"] not in scored})
     qrels = {qid: {c: 1 for c in positives[q]} for qid, q in queries.items()}
-    return TestSet(corpus, chunk_doc, queries, qrels, len(test_docs), dict(left_out))
+    return TestSet(corpus, chunk_doc, queries, qrels, len(test_docs), dict(left_out),
+                   len({t["query"] for t in on_test}))
 
 
 def check_triples_chunks(triples: list[dict], chunk_doc: dict[str, str], chunks_dir: Path) -> None:
@@ -236,11 +237,13 @@ def check_something_to_evaluate(test: TestSet, judged_sets: list[JudgedSet],
     """No query set at all (a small corpus whose test documents hold no generated query, and
     no BEIR set) is said now, before the models are loaded and the corpus encoded."""
     if not test.queries and not judged_sets:
+        why = (f"the {sum(test.left_out.values())} generated queries on the test documents are "
+               f"all left out ({test.left_out}: a sentence of its own chunk is no retrieval "
+               "test)" if test.left_out else "none of the generated queries lies wholly in the "
+               f"{test.test_docs} test documents of {train_dir / SPLIT_FILE}")
         raise EvalDataError(
-            f"evaluate: no query to evaluate on: none of the generated queries lies wholly in "
-            f"the {test.test_docs} test documents of {train_dir / SPLIT_FILE}, and "
-            "evaluate.beir names no set; add a BEIR set or hold out more documents "
-            "(train.split)")
+            f"evaluate: no query to evaluate on: {why}, and evaluate.beir names no set; add a "
+            "BEIR set or hold out more documents (train.split)")
 
 
 def check_beir_files(config: EvaluateConfig) -> None:

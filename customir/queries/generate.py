@@ -239,6 +239,27 @@ def _skips(asks: list[Ask], answers: Answers | None, candidates: list[Candidate]
     return skips
 
 
+def no_query_message(n_chunks: int, n_candidates: int, dropped: Counter,
+                     failures: Counter) -> str:
+    """Why generate kept no query, and what to change.
+
+    >>> print(no_query_message(1, 0, Counter(), Counter())[42:])  # doctest: +ELLIPSIS
+    no candidate at all (documents without titles or headings give no free queries); ...
+    >>> print(no_query_message(9, 4, Counter(roundtrip_miss=3, too_short=1), Counter())[42:])
+    ... # doctest: +ELLIPSIS
+    all 4 candidates were dropped (most: roundtrip_miss 3; all: {...}); loosen that filter ...
+    """
+    head = f"generate: no query kept for the {n_chunks} chunks: "
+    if not n_candidates:
+        return head + ("no candidate at all (documents without titles or headings give no free "
+                       "queries" + (f"; LLM reply failures {dict(failures)}" if failures else "")
+                       + "); let the LLM write some (generate.max_llm_chunks, generate.kinds) "
+                       "or set generate.inverse_cloze")
+    reason, count = dropped.most_common(1)[0]
+    return head + (f"all {n_candidates} candidates were dropped (most: {reason} {count}; all: "
+                   f"{dict(dropped)}); loosen that filter (see README, Query generation)")
+
+
 def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
         ray_config: RayConfig | None = None) -> Manifest:
     """Write ``run_dir/queries``; skip the work when an identical output is already there."""
@@ -287,12 +308,7 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
                        if answers and (a.request_id, k) not in answers.values)
     dropped = Counter(c.reason for c in candidates if c.reason)
     if not table.num_rows:  # nothing to train on: said here, not by train after mine/verify
-        raise ValueError(
-            f"generate: no query kept for the {len(chunks.ids)} chunks (candidates: "
-            f"{len(candidates)}, dropped {dict(dropped) or 'none'}, reply failures "
-            f"{dict(failures) or 'none'}): documents without titles or headings give no free "
-            "queries; let the LLM write some (generate.max_llm_chunks, generate.kinds) or set "
-            "generate.inverse_cloze")
+        raise ValueError(no_query_message(len(chunks.ids), len(candidates), dropped, failures))
     answered_chunks = {rid.split(":", 1)[1] for rid, _ in (answers.values if answers else {})
                        if rid.startswith("q:")}
     asked_chunks = {a.request_id.split(":", 1)[1] for a in asks if a.request_id.startswith("q:")}

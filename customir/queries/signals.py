@@ -35,7 +35,8 @@ _INITIALISM = re.compile(r"(?:[a-z]\.)+[a-z]")  # e.g, i.e, u.s (the last full s
 _WORD = re.compile(r"\w+")
 # Section names every paper or report has: as a query they fit every document of the corpus.
 _GENERIC_HEADING = re.compile(
-    r"(?:(?:\d+(?:\.\d+)*|(?=[ivx])x{0,3}(?:ix|iv|v?i{0,3}))[.):]?\s+)?"  # "1.", "2.1", "IV."
+    # "1.", "2.1" (normalized to "2 1"), "IV." numbering
+    r"(?:(?:\d+(?:[ .]\d+)*|(?=[ivx])x{0,3}(?:ix|iv|v?i{0,3}))[.):]?\s+)?"
     r"(?:abstract|introduction|background|methods?|methodology|materials and methods|"
     r"methods and materials|results|results and discussion|discussion|conclusions?|summary|"
     r"references|bibliography|acknowledge?ments?|appendix(?: [a-z0-9]+)?|keywords|untitled|"
@@ -98,8 +99,9 @@ def structural_reason(query: str, passage: str) -> str | None:
     ...                                                  "Microsoft Word - draft_v3.docx")]
     ['generic_heading', 'copied_from_passage', 'file_name_title']
     >>> [structural_reason(q, "Take 75 mg daily.") for q in (
-    ...     "Aspirin dose", "IV. Results", "Civil Methods", "Parsing config.txt", "notes_v2.txt")]
-    [None, 'generic_heading', None, None, 'file_name_title']
+    ...     "Aspirin dose", "IV. Results", "2.1 Methods", "Civil Methods", "Parsing config.txt",
+    ...     "notes_v2.txt")]
+    [None, 'generic_heading', 'generic_heading', None, None, 'file_name_title']
     """
     words = _normalized(query)
     if _GENERIC_HEADING.fullmatch(words):

@@ -93,22 +93,50 @@ def start(model: str | Path, config: ServeConfig) -> str:
                          "serve.host and serve.port to those, or serve on a cluster of its own")
     try:
         if running is None:
-            _serve_started_here = True
             serve.start(http_options={
                 "host": config.host, "port": config.port,
                 "request_timeout_s": config.request_timeout_s + PROXY_GRACE_S})
+            _serve_started_here = True
         # replicas may land on nodes that do not see this machine's disk
         serve.run(build_app(ShippedFolder.ship(model_dir), config, key), name=APP_NAME,
                   route_prefix="/")
     except Exception as exc:  # noqa: BLE001 - the proxy's bind failure, said in one line
         if "Failed to bind to address" not in str(exc):
             raise
-        stop()
-        raise ValueError(f"cannot serve on {config.host}:{config.port}: the address is in use "
-                         "(choose another port with --port or serve.port)") from None
+        if running is None:  # the Serve this call started, whether or not start() returned
+            serve.shutdown()
+            _serve_started_here = False
+        else:
+            stop()
+        raise ValueError(f"cannot serve on {config.host}:{config.port}: "
+                         f"{_bind_reason(config.host, config.port)}; "
+                         "choose another with --host/--port or serve.host/serve.port") from None
     url = f"http://{config.host}:{config.port}/v1"
     log(f"serve: {config.model_name} ({config.backend.value}) at {url}/embeddings")
     return url
+
+
+def _bind_reason(host: str, port: int) -> str:
+    """Why the proxy could not bind ``host:port`` (Ray's message does not carry the OS error):
+    this machine's own attempt tells, when the proxy runs here; else a list of the usual causes.
+
+    >>> with socket.socket() as held:
+    ...     held.bind(("127.0.0.1", 0)); held.listen()
+    ...     _bind_reason("127.0.0.1", held.getsockname()[1])
+    'the address is in use'
+    """
+    import errno
+
+    reasons = {errno.EADDRINUSE: "the address is in use",
+               errno.EACCES: "binding that port needs privileges",
+               errno.EADDRNOTAVAIL: "the host is not an address of this machine"}
+    try:
+        with socket.socket() as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno in reasons:
+            return reasons[exc.errno]
+    return "the address cannot be bound (in use, not an address of the node, or privileged)"
 
 
 def stop() -> None:
@@ -135,7 +163,7 @@ def example_curl(url: str, config: ServeConfig) -> str:
 def serve_forever(model: str | Path, config: ServeConfig,
                   ray_config: RayConfig | None = None) -> None:
     """`customir serve`: run until interrupted."""
-    from customir.runtime import ray_session
+    from customir.runtime import ray_session, sigterm_received
 
     resolve_model_dir(model, config.backend)  # a wrong folder is said before Ray starts
     with ray_session(ray_config, ingress_env(config)):
@@ -147,6 +175,7 @@ def serve_forever(model: str | Path, config: ServeConfig,
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            pass
+            if sigterm_received():  # stopped by a scheduler: said as for any other command
+                raise
         finally:
             stop()
