@@ -32,15 +32,17 @@ _CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 
 def env_var_label(name: str) -> str:
     """How a message names the environment variable ``name``: by name when it looks like one
-    (upper case, at most 64 characters), else generically, since a key pasted into an
-    ``api_key_env`` setting can also pass as a variable name and must never be echoed.
+    (upper case, at most 64 characters, words joined by ``_`` unless it is short), else
+    generically, since a key pasted into an ``api_key_env`` setting can also pass as a variable
+    name and must never be echoed.
 
-    >>> env_var_label("OPENAI_API_KEY")
-    'OPENAI_API_KEY'
-    >>> env_var_label("gsk_8fQ2x")
-    'the variable it names'
+    >>> env_var_label("OPENAI_API_KEY"), env_var_label("APIKEY")
+    ('OPENAI_API_KEY', 'APIKEY')
+    >>> env_var_label("gsk_8fQ2x"), env_var_label("AKIAIOSFODNN7EXAMPLE")  # keys
+    ('the variable it names', 'the variable it names')
     """
-    return name if _CONVENTIONAL_ENV_NAME.fullmatch(name) else "the variable it names"
+    looks_like_one = _CONVENTIONAL_ENV_NAME.fullmatch(name) and ("_" in name or len(name) <= 12)
+    return name if looks_like_one else "the variable it names"
 
 
 class _Section(BaseModel):
