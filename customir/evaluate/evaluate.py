@@ -96,6 +96,7 @@ class TestSet:
 
 # Inverse-cloze queries are sentences of their own chunk: trivially found, not a retrieval test.
 NOT_TEST_KINDS = {"inverse_cloze"}
+LEFT_OUT_WHY = "a sentence of its own chunk is found by string matching"
 
 
 def synthetic_test_set(chunks_dir: Path, triples_dir: Path, train_dir: Path) -> TestSet:
@@ -211,8 +212,8 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
             test.qrels, config)
         sets[SYNTHETIC_SET]["note"] = (
             "Generated queries on held-out test documents (split by document; never trained "
-            "on)." + "".join(f" {n} {kind} queries left out (a sentence of its own chunk is "
-                             "found by string matching)." for kind, n in test.left_out.items()))
+            "on)." + "".join(f" {n} {kind} queries left out ({LEFT_OUT_WHY})."
+                             for kind, n in test.left_out.items()))
     for judged in judged_sets:
         sets[judged.name] = _score_beir(judged, models, corpus, test.chunk_doc, bm25, config,
                                         cache)
@@ -238,8 +239,8 @@ def check_something_to_evaluate(test: TestSet, judged_sets: list[JudgedSet],
     no BEIR set) is said now, before the models are loaded and the corpus encoded."""
     if not test.queries and not judged_sets:
         why = (f"the {sum(test.left_out.values())} generated queries on the test documents are "
-               f"all left out ({test.left_out}: a sentence of its own chunk is no retrieval "
-               "test)" if test.left_out else "none of the generated queries lies wholly in the "
+               f"all left out ({test.left_out}: {LEFT_OUT_WHY})" if test.left_out else
+               "none of the generated queries lies wholly in the "
                f"{test.test_docs} test documents of {train_dir / SPLIT_FILE}")
         raise EvalDataError(
             f"evaluate: no query to evaluate on: {why}, and evaluate.beir names no set; add a "
