@@ -1,8 +1,10 @@
 """Configuration: one pydantic model per stage, loaded from YAML, overridable from the CLI.
 
-A run is described by :class:`PipelineConfig`. Every stage reads only its own section, and the
-manifest of a stage hashes only that section (plus its inputs), so changing the training settings
-does not invalidate the generated queries.
+A run is described by :class:`PipelineConfig`. Every stage reads its own section, and the manifest
+of a stage hashes that section (plus its inputs), so changing the training settings does not
+invalidate the generated queries. The exceptions are named where they are used: ingest and
+evaluate also hash ``train.base_model`` (its tokenizer sizes the chunks; it is the baseline), and
+evaluate hashes mine's BM25 settings (its BM25 baseline ranks as mining does).
 
 Example::
 
@@ -246,7 +248,9 @@ class MineConfig(_Section):
         0.75, ge=0, le=1, description="BM25 length normalisation (both BM25 backends).")
     java_heap: str = Field("4g", description="pyserini: maximum Java heap (-Xmx).")
     threads: int | None = Field(
-        None, ge=1, description="Threads for index building and batch search (default: all cores)."
+        None, ge=1, description="pyserini: threads for index building and search (default: all "
+        "cores); bm25s: search threads per mining actor (default: one; the actors are the "
+        "parallelism)."
     )
     dense_model: str = Field(
         "all-MiniLM-L6-v2", description="dense/hybrid: the embedding model ranking candidates."
@@ -302,7 +306,7 @@ class GenerateConfig(_Section):
     multihop_chunks: int = Field(3, ge=2, le=3, description="Most chunks per multi-hop question.")
     related_by: MiningBackend = Field(
         MiningBackend.bm25s, description="How related chunks are found for multi-hop questions "
-        "and round-trip checks (the index is shared with the mine stage).")
+        "(round-trip checks use roundtrip_by; the index is shared with the mine stage).")
     related_top_k: int = Field(10, ge=1, description="Related chunks are drawn from this many "
                                "neighbours (other documents only).")
     profile: ProfileMode = Field(ProfileMode.auto, description="Corpus profile method.")
@@ -688,7 +692,8 @@ class PipelineConfig(_Section):
     work_dir: str | None = Field(
         None, description="Local mirror of a run_dir on object storage (what the stages and "
         "their Ray actors read and write) and of a corpus URI; None: "
-        "~/.cache/customir/runs/<sha256(run_dir)[:16]>. Unused for a local run_dir.")
+        "$CUSTOMIR_CACHE (default ~/.cache/customir)/runs/<sha256(run_dir)[:16]>. Unused for "
+        "a local run_dir.")
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)

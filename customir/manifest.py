@@ -137,7 +137,7 @@ def stage_output(out_dir: str | Path, stage: str, config_hash: str, inputs: dict
     Usage::
 
         with stage_output(run / "chunks", "ingest", cfg.config_hash(), inputs) as (tmp, manifest):
-            pq.write_table(table, tmp / "chunks.parquet")
+            write_rows(tmp, table, skips)  # customir.schemas: data/*.parquet, skipped.parquet
             manifest.balances["documents"] = Balance(n_in, n_out, skipped)
     """
     out_dir = Path(out_dir)

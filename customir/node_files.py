@@ -10,8 +10,8 @@ Ray rather than by path:
 - a folder that a library opens by path (the mining index) as a :class:`ShippedFolder`: on the
   driver's node the folder itself; on any other node a copy, packed on the driver's node by a
   zero-CPU task when a node first asks, unpacked once per node under
-  ``$CUSTOMIR_CACHE/node-files/<fingerprint>`` (default ``~/.cache/customir``) and reused by every
-  actor there.
+  ``$CUSTOMIR_CACHE/node-files/<name>-<fingerprint>`` (default ``~/.cache/customir``) and reused
+  by every actor there.
 
 The driver's path is not assumed to be shared: a node other than the driver's always uses its
 own copy (the price on shared storage is one copy of the folder per node). The tar is built in

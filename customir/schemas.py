@@ -2,9 +2,10 @@
 
     ingest   → chunks/     CHUNKS     one row per chunk
     generate → queries/    QUERIES    one row per (query, positive chunk); profile.json
-    mine     → candidates/ CANDIDATES one row per query, BM25 candidates as lists
-    verify   → triples/    TRIPLES    one row per query, LLM-checked negatives as lists
-    every stage → skipped/ SKIPPED    one row per input it could not use, with the reason
+    mine     → candidates/ CANDIDATES one row per queries row, mined candidates as lists
+    verify   → triples/    TRIPLES    one row per queries row, LLM-checked negatives as lists
+    ingest, generate, mine, verify → skipped.parquet  SKIPPED  one row per input it could not
+                                      use, with the reason
 
 A reader calls :func:`read_table`, which fails with the missing column names when a file does not
 follow its contract (a stage run on the wrong folder says so instead of crashing later).
@@ -43,14 +44,15 @@ QUERIES = pa.schema([
 ])
 
 CANDIDATES = pa.schema(list(QUERIES) + [
-    ("positive_score", pa.float32()),                  # BM25 score of the positive
+    ("positive_score", pa.float32()),                  # the mining ranker's score of the positive
     ("candidate_chunk_ids", pa.list_(pa.string())),    # kept after margin selection, best first
     ("candidate_scores", pa.list_(pa.float32())),
     ("n_over_margin", pa.int32()),                     # candidates dropped by the margin
 ])
 
 TRIPLES = pa.schema(list(CANDIDATES) + [
-    ("positive_llm_score", pa.float32()),              # mean log P(query | positive) or null
+    ("positive_llm_score", pa.float32()),              # verify.method's score of the (lowest)
+                                                       # positive, or null if unverified
     ("candidate_llm_scores", pa.list_(pa.float32())),  # aligned with candidate_chunk_ids
     ("candidate_verdicts", pa.list_(pa.string())),     # kept | false_negative | unverified
                                                        # | llm_error (could not be scored)

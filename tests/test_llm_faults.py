@@ -42,8 +42,7 @@ CORPUS = {**PASSAGES, **MORE_PASSAGES,
           "d3": ("Exercise", "Regular exercise improves heart health and mood in adults."),
           "d8": ("Green tea", "Green tea contains antioxidants called catechins and caffeine.")}
 SCHEMA = query_schema(["keyword", "question"])
-MESSAGES = build_query_messages(f"Aspirin reduces the risk of heart attack. {PLANTED}",
-                                ["keyword", "question"])
+MESSAGES = build_query_messages(f"Aspirin reduces the risk of heart attack. {PLANTED}")
 
 
 def _llm(url: str, **settings) -> LLMConfig:
@@ -107,7 +106,7 @@ def test_each_fault_on_the_wire(fault):
 def test_injection_needs_a_planted_instruction():
     with FaultServer(FaultPlan(rates={Fault.injection: 1.0})) as server:
         llm = OpenAIHttpLLM(_llm(server.url))
-        reply = llm.complete_json(build_query_messages("Aspirin thins blood.", ["keyword"]),
+        reply = llm.complete_json(build_query_messages("Aspirin thins blood."),
                                   query_schema(["keyword"]), 50)
         assert json.loads(reply.text) == {"keyword": "Aspirin thins blood"}
         assert server.stats()["faults"]["injection"] == 0 and server.stats()["answered"] == 1

@@ -69,7 +69,7 @@ def test_query_writing_over_http_with_a_retry(endpoint):
     url, state = endpoint
     llm = OpenAIHttpLLM(LLMConfig(backend="openai", base_url=url, model="m", max_retries=2))
     kinds = ["keyword", "question"]
-    reply = llm.complete_json(build_query_messages("Insulin.", kinds), query_schema(kinds), 50)
+    reply = llm.complete_json(build_query_messages("Insulin."), query_schema(kinds), 50)
     assert parse_json_reply(reply) == {"keyword": "keyword about insulin",
                                        "question": "question about insulin"}
     assert state["requests"] == 2  # the 503 was retried

@@ -1,4 +1,4 @@
-"""Ingest stage: a folder of documents → ``chunks/`` (schema CHUNKS) plus ``skipped/``.
+"""Ingest stage: a folder of documents → ``chunks/`` (schema CHUNKS) plus ``skipped.parquet``.
 
 Ingest is one sequential pass in the driver: it needs a global view for duplicate detection and
 is I/O-bound and cheap next to the LLM stages; the expensive stages after it run on Ray Data.

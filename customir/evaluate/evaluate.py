@@ -1,4 +1,4 @@
-"""Evaluate stage: base vs tuned vs BM25 → ``evaluation/report.{json,md,png}``.
+"""Evaluate stage: base vs tuned vs BM25 → ``evaluation/report.{html,md,json}`` and its PNG figures.
 
 Two kinds of query sets:
 
@@ -187,7 +187,10 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
               "train": fingerprint(train_dir)}
     inputs.update({f"beir:{b.name}": f"{fingerprint(b.queries)}-{fingerprint(b.qrels)}"
                    for b in config.beir})
-    config_hash = f"{config.config_hash()}-{base_model}"
+    mine_config = mine_config or MineConfig()
+    # the BM25 baseline ranks the way mining does, so its settings are part of this stage's
+    bm25_settings = (mine_config.stemmer, mine_config.k1, mine_config.b)
+    config_hash = f"{config.config_hash()}-{base_model}-bm25:{bm25_settings}"
     if done := find_complete(out, config_hash, inputs):
         log("evaluate: up to date, skipping")
         return done
@@ -199,7 +202,7 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     models = {"base": load_sentence_transformer(base_model, trust_remote_code=trust_remote_code),
               "tuned": load_sentence_transformer(train_dir / MODEL_DIR,
                                                  trust_remote_code=trust_remote_code)}
-    bm25 = BM25Index(list(corpus.values()), (mine_config or MineConfig()).stemmer)
+    bm25 = BM25Index(list(corpus.values()), *bm25_settings)
     k = max(config.k_values)
     log(f"evaluate: encoding {len(corpus)} chunks with base and tuned models")
     cache = {name: m.encode(list(corpus.values()), batch_size=config.batch_size,

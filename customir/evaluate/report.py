@@ -66,7 +66,7 @@ def training_data_lines(data: dict) -> list[str]:
     if checked := data.get("verify"):
         share = checked.get("dropped_share_of_checked")
         verdicts = ", ".join(f"{k} {n}" for k, n in checked.get("verdicts", {}).items())
-        lines.append(f"- verification ({checked.get('method', 'likelihood')}): "
+        lines.append(f"- verification ({checked.get('method', 'method not recorded')}): "
                      f"{checked.get('verified_queries')} queries checked; verdicts {verdicts}; "
                      "dropped as false negatives: "
                      + (f"{share:.1%} of checked candidates" if share is not None

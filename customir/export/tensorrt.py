@@ -14,7 +14,6 @@ from pathlib import Path
 
 INSTALL = ("TensorRT needs the gpu extra and a CUDA GPU: pip install 'customir[gpu]' "
            "(tensorrt is a CUDA-only wheel)")
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _import_tensorrt():

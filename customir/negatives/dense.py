@@ -47,7 +47,7 @@ class DenseIndex:
 
     name = "dense"
 
-    def __init__(self, directory: str | Path, model=None):
+    def __init__(self, directory: str | Path):
         directory = Path(directory)
         meta = json.loads((directory / META).read_text())
         self.model_name = meta["model"]
@@ -56,14 +56,14 @@ class DenseIndex:
         self._faiss_index = None
         if meta["search"] == "faiss":
             self._faiss_index = _faiss().read_index(str(directory / FAISS_INDEX))
-        self.model = model or load_sentence_transformer(self.model_name)
+        self.model = load_sentence_transformer(self.model_name)
 
     @staticmethod
     def build(texts: list[str], directory: str | Path, model_name: str, use_faiss: bool,
-              batch_size: int = 64, model=None) -> None:
+              batch_size: int = 64) -> None:
         directory = Path(directory)
         faiss = _faiss() if use_faiss else None  # fail before the (long) encoding, not after
-        model = model or load_sentence_transformer(model_name)
+        model = load_sentence_transformer(model_name)
         embeddings = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                   convert_to_numpy=True).astype(np.float32)
         np.save(directory / EMBEDDINGS, embeddings)

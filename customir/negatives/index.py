@@ -2,9 +2,9 @@
 
 The index is built once per chunks/ folder and index settings, saved under
 ``<run>/indexes/<backend>-<hash>/`` (:func:`index_dir`) with a manifest (so a rerun reuses it),
-and opened by every mining worker from that shared path — on a cluster the run folder is shared
-storage, so each Ray actor loads (bm25s and dense memory-map) the same files instead of
-rebuilding the index.
+and opened by every mining worker instead of being rebuilt: on the driver's machine from that
+folder, on other nodes from a copy that :mod:`customir.node_files` ships (bm25s and dense
+memory-map their files).
 
 Every backend addresses chunks by row number in ``chunks/`` and offers:
 

@@ -134,7 +134,7 @@ def query_asks(chunks: Chunks, config: GenerateConfig, profile: dict, llm_rows: 
         if kinds:
             asks.append(Ask(
                 f"q:{cid}", {k: k for k in kinds},
-                prompts.build_query_messages(text, kinds, chunks.titles[row], profile),
+                prompts.build_query_messages(text, chunks.titles[row], profile),
                 prompts.query_schema,
                 lambda key, value, t=text: prompts.validate_query(value, [t],
                                                                   config.max_query_words),

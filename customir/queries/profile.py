@@ -62,7 +62,8 @@ def document_kinds(sources: list[str], headings: list[str | None]) -> list[str]:
 
 def corpus_profile(texts: list[str], titles: list[str | None], sources: list[str],
                    headings: list[str | None], n_terms: int = 25, n_titles: int = 10) -> dict:
-    """The profile of a chunk sample (without the LLM description; see :func:`with_description`).
+    """The profile of a chunk sample (without the LLM description; see
+    :func:`customir.queries.generate.make_profile`).
     """
     seen: dict[str, None] = {}
     for title in titles:

@@ -95,14 +95,15 @@ def _passage(text: str, title: str | None = None) -> str:
     return f"{title}\n{text}" if title else text
 
 
-def build_query_messages(passage: str, kinds: list[str], title: str | None = None,
+def build_query_messages(passage: str, title: str | None = None,
                          profile: dict | None = None) -> list[dict]:
-    """Chat messages asking for one query of each kind about ``passage``.
+    """Chat messages asking for queries about ``passage``.
 
     The system message lists every kind (so it is the same for all chunks of a run); the reply
-    schema, not the prompt, narrows a retry to the kinds still missing.
+    schema (:func:`query_schema`), not the prompt, says which kinds a chunk is asked for and
+    narrows a retry to the kinds still missing.
 
-    >>> msgs = build_query_messages("Aspirin thins blood.", ["keyword"])
+    >>> msgs = build_query_messages("Aspirin thins blood.")
     >>> msgs[-1]["content"].endswith("Aspirin thins blood.")
     True
     """

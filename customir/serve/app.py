@@ -228,10 +228,6 @@ def build_app(model_dir: str | Path | ShippedFolder, config: ServeConfig,
             self._encode_batch.set_max_batch_size(config.max_batch_size)
             self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
-        def check_health(self):
-            if self.encoder is None:
-                raise RuntimeError("encoder not loaded")
-
         @serve.batch(batch_size_fn=lambda items: sum(len(texts) for texts in items))
         async def _encode_batch(self, requests: list[list[str]]):
             # in a thread (onnxruntime and the tokenizer release the GIL), so the replica's

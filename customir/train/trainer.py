@@ -1,10 +1,11 @@
 """Train stage: ``triples/`` + ``chunks/`` → ``model/`` (a sentence-transformers folder).
 
-Contrastive fine-tuning with sentence-transformers' MultipleNegativesRankingLoss (InfoNCE over
-in-batch negatives plus the mined hard negatives; van den Oord et al. 2018, Henderson et al.
-2017) and its trainer, run inside a Ray Train ``TorchTrainer``: CPU workers talk gloo (DDP when
-``num_workers > 1``). Rank 0 saves the model and reports it as the run's checkpoint; the driver
-copies that checkpoint into the stage folder.
+Contrastive fine-tuning with the sentence-transformers loss ``train.loss`` names (default
+MultipleNegativesRankingLoss: InfoNCE over in-batch negatives plus the mined hard negatives; van
+den Oord et al. 2018, Henderson et al. 2017; or its cached variant, or GIST) and its trainer, run
+inside a Ray Train ``TorchTrainer``: CPU workers talk gloo (DDP when ``num_workers > 1``), GPU
+workers NCCL or DeepSpeed ZeRO. Rank 0 saves the model and reports it as the run's checkpoint;
+the driver copies that checkpoint into the stage folder.
 
 The stage folder also keeps ``split.parquet`` (doc_id → split) and the exact training rows, so
 evaluation knows which documents are held out and a run can be audited.
