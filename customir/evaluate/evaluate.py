@@ -188,7 +188,7 @@ def run(chunks_dir: str | Path, triples_dir: str | Path, train_dir: str | Path,
     inputs.update({f"beir:{b.name}": f"{fingerprint(b.queries)}-{fingerprint(b.qrels)}"
                    for b in config.beir})
     mine_config = mine_config or MineConfig()
-    # the BM25 baseline ranks the way mining does, so its settings are part of this stage's
+    # the BM25 baseline ranks as mining does: its settings are part of this stage's hash
     bm25_settings = (mine_config.stemmer, mine_config.k1, mine_config.b)
     config_hash = f"{config.config_hash()}-{base_model}-bm25:{bm25_settings}"
     if done := find_complete(out, config_hash, inputs):
