@@ -59,7 +59,15 @@ def test_parts_of_the_wrong_size_are_refused_before_joining(tiny, monkeypatch):
     with pytest.raises(gguf.ModelUnavailable,
                        match=r"hold 100000 bytes, expected 200000; reinstall with: pip install"):
         gguf.resolve_gguf("tiny")
-    assert not cache.exists()  # nothing was copied
+    assert list(cache.iterdir()) == []  # nothing was copied
+
+
+def test_a_part_removed_after_install_is_one_error(tmp_path, tiny, monkeypatch):
+    cache, part = tiny
+    monkeypatch.setattr(gguf, "_part_files", lambda spec: [part, tmp_path / "gone.bin"])
+    with pytest.raises(gguf.ModelUnavailable, match="tiny: could not join parts into .*gone.bin"):
+        gguf.resolve_gguf("tiny")
+    assert list(cache.iterdir()) == []
 
 
 def test_the_pip_line_names_the_extra_that_installs_the_model():

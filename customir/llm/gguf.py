@@ -113,8 +113,13 @@ def check_gguf(model: str) -> None:
 
 def _join(parts: list[Path], tmp: Path, spec: EmbeddedModel) -> str:
     """Concatenate ``parts`` into ``tmp`` and return its sha256; on any failure (a part
-    unreadable, the disk full, Ctrl-C) no partial copy of up to a gigabyte is left behind."""
+    unreadable, the disk full, Ctrl-C) no partial copy of up to a gigabyte is left behind.
+    Parts of the wrong total size are refused before anything is copied."""
     try:
+        if (total := sum(part.stat().st_size for part in parts)) != spec.size:
+            raise ModelUnavailable(
+                f"{spec.name}: its parts hold {total} bytes, expected {spec.size}; "
+                f"reinstall with: {spec.pip_line()}")
         with open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as fh:
@@ -137,10 +142,6 @@ def resolve_gguf(model: str) -> Path:
     if (verified := _verified_copy(spec)) is not None:
         return verified
     parts = _part_files(spec)
-    if (total := sum(part.stat().st_size for part in parts)) != spec.size:
-        raise ModelUnavailable(
-            f"{spec.name}: its parts hold {total} bytes, expected {spec.size}; "
-            f"reinstall with: {spec.pip_line()}")
     target = cache_dir() / f"{spec.name}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp-{os.getpid()}")
