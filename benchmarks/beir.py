@@ -56,6 +56,8 @@ VARIANTS = {
     "llm_only": [f"train.query_kinds={LLM_KINDS}"],
     "no_verify": ["verify.enabled=false"],
     "no_margin": ["mine.relative_margin=null"],
+    "dense_negatives": ["mine.backend=dense"],  # the base model's own confusions (NV-Retriever)
+    "hybrid_negatives": ["mine.backend=hybrid"],  # RRF of the BM25 and the dense rankings
     "temperature_0.02": ["train.temperature=0.02"],
     "temperature_0.1": ["train.temperature=0.1"],
     "steps_x2": [],  # filled in from the main config: twice its max_steps (or epochs)
