@@ -92,3 +92,15 @@ def test_each_variant_is_added_to_the_results_and_the_last_line_is_json(tmp_path
     assert result["ablation"] == {"llm_only": {"overrides": ["x=1"], "error": "ValueError: boom"}}
     assert "| llm_only | x=1 | failed: ValueError: boom" in Path(
         figures["results_file"]).with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("variant", sorted(beir.VARIANTS))
+def test_every_variant_changes_what_it_names(variant):
+    """A variant's overrides load against the benchmark config (a misspelt key or value fails
+    here, not after an hour-long main run) and change the config."""
+    from customir.config import load_config
+
+    main = load_config(beir.ROOT / "benchmarks/configs/beir.yaml", [])
+    overrides = beir.variant_overrides(variant, main)
+    changed = load_config(beir.ROOT / "benchmarks/configs/beir.yaml", overrides)
+    assert overrides and changed.model_dump() != main.model_dump()
