@@ -61,6 +61,9 @@ VARIANTS = {
     "temperature_0.02": ["train.temperature=0.02"],
     "temperature_0.1": ["train.temperature=0.1"],
     "steps_x2": [],  # filled in from the main config: twice its max_steps (or epochs)
+    # not a factor: the same recipe with another split and training order, i.e. the noise
+    # between two draws that any other row's difference has to exceed
+    "seed_14": ["train.seed=14"],
 }
 
 
