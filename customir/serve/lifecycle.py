@@ -91,6 +91,9 @@ def start(model: str | Path, config: ServeConfig) -> str:
         raise ValueError(f"Ray Serve already runs on this cluster at "
                          f"{running.http_config.host}:{running.http_config.port}; set "
                          "serve.host and serve.port to those, or serve on a cluster of its own")
+    if running is not None and (warning := proxy_limit_warning(
+            running.http_config.request_timeout_s, config)):
+        log(warning)
     try:
         if running is None:
             serve.start(http_options={
@@ -114,6 +117,24 @@ def start(model: str | Path, config: ServeConfig) -> str:
     url = f"http://{config.host}:{config.port}/v1"
     log(f"serve: {config.model_name} ({config.backend.value}) at {url}/embeddings")
     return url
+
+
+def proxy_limit_warning(proxy_timeout_s: float | None, config: ServeConfig) -> str | None:
+    """A warning when the proxy of a Ray Serve this application joins (its time limit is fixed
+    when Serve starts) would end a slow request before the replica's own limit does: the client
+    then gets the proxy's plain-text 408 instead of the OpenAI-shaped one.
+
+    >>> proxy_limit_warning(35.0, ServeConfig(request_timeout_s=30)) is None
+    True
+    >>> proxy_limit_warning(35.0, ServeConfig(request_timeout_s=300))[:60]
+    'serve: warning: the running Ray Serve proxy ends requests af'
+    """
+    if proxy_timeout_s is None or proxy_timeout_s > config.request_timeout_s:
+        return None
+    return (f"serve: warning: the running Ray Serve proxy ends requests after "
+            f"{proxy_timeout_s:g} s, before serve.request_timeout_s={config.request_timeout_s:g} "
+            "does; slow requests get its plain-text 408. Restart Serve with a longer "
+            "http_options.request_timeout_s, or lower serve.request_timeout_s")
 
 
 def _bind_reason(host: str, port: int) -> str:
