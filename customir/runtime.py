@@ -130,13 +130,12 @@ def worker_env() -> dict[str, str]:
 
 
 def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
-              batch_size: int, concurrency: int = 1, num_cpus: float = 1,
-              num_gpus: float = 0, resources: dict[str, float] | None = None
-              ) -> pa.Table | None:
+              batch_size: int, concurrency: int = 1, num_gpus: float = 0,
+              resources: dict[str, float] | None = None) -> pa.Table | None:
     """Run ``udf`` (a callable class) over an in-memory table with a pool of ``concurrency`` Ray
     Data actors; return all its rows. UDFs return rows in their output schema plus
     ``skip_reason``/``skip_detail`` columns, so a stage can count every input it did not use
-    (see :func:`split_skips`). Each actor holds ``num_cpus``, ``num_gpus`` and the custom
+    (see :func:`split_skips`). Each actor holds one CPU, ``num_gpus`` and the custom
     ``resources`` (which is how a stage lands on the nodes its config names)."""
     import ray
 
@@ -150,7 +149,7 @@ def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
     ds = ray.data.from_arrow([table.slice(start, rows_per_block)
                               for start in range(0, table.num_rows, rows_per_block)] or [table])
     ds = ds.map_batches(udf, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size,
-                        batch_format="pyarrow", num_cpus=num_cpus, num_gpus=num_gpus or None,
+                        batch_format="pyarrow", num_cpus=1, num_gpus=num_gpus or None,
                         resources=resources or None,
                         compute=ray.data.ActorPoolStrategy(size=concurrency))
     # Stage outputs here are small next to their inputs (queries, ids, scores), so they are
