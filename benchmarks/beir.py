@@ -64,6 +64,8 @@ VARIANTS = {
     # not a factor: the same recipe with another split and training order, i.e. the noise
     # between two draws that any other row's difference has to exceed
     "seed_14": ["train.seed=14"],
+    "seed_15": ["train.seed=15"],
+    "seed_16": ["train.seed=16"],
 }
 
 
