@@ -58,6 +58,9 @@ VARIANTS = {
     "no_margin": ["mine.relative_margin=null"],
     "dense_negatives": ["mine.backend=dense"],  # the base model's own confusions (NV-Retriever)
     "hybrid_negatives": ["mine.backend=hybrid"],  # RRF of the BM25 and the dense rankings
+    # GISTEmbed: the frozen base model masks in-batch and hard negatives it rates above the
+    # positive (likely false negatives), a dense check on top of the BM25 margin
+    "gist_loss": ["train.loss=gist"],
     "temperature_0.02": ["train.temperature=0.02"],
     "temperature_0.1": ["train.temperature=0.1"],
     "steps_x2": [],  # filled in from the main config: twice its max_steps (or epochs)
