@@ -58,12 +58,18 @@ VARIANTS = {
     "no_margin": ["mine.relative_margin=null"],
     "dense_negatives": ["mine.backend=dense"],  # the base model's own confusions (NV-Retriever)
     "hybrid_negatives": ["mine.backend=hybrid"],  # RRF of the BM25 and the dense rankings
+    # a title trains on the chunk of its document BM25 ranks highest for it, not the first:
+    # human queries may match any chunk (documents are scored by their best one)
+    "title_best_chunk": ["generate.title_chunk=best"],
     # GISTEmbed: the frozen base model masks in-batch and hard negatives it rates above the
     # positive (likely false negatives), a dense check on top of the BM25 margin
     "gist_loss": ["train.loss=gist"],
     "temperature_0.02": ["train.temperature=0.02"],
     "temperature_0.1": ["train.temperature=0.1"],
     "steps_x2": [],  # filled in from the main config: twice its max_steps (or epochs)
+    # four times the in-batch negatives for the same training rows: batch x4, steps /4
+    # (filled in from the main config; validation still runs every quarter of the steps)
+    "batch_x4": [],
     # not a factor: the same recipe with another split and training order, i.e. the noise
     # between two draws that any other row's difference has to exceed
     "seed_14": ["train.seed=14"],
@@ -139,11 +145,15 @@ def run_stages(config, until: str = "evaluate") -> dict[str, dict]:
 
 # -- variants -------------------------------------------------------------------------------------
 def variant_overrides(name: str, config) -> list[str]:
-    if name != "steps_x2":
-        return VARIANTS[name]
-    if config.train.max_steps:
-        return [f"train.max_steps={2 * config.train.max_steps}"]
-    return [f"train.epochs={2 * config.train.epochs}"]
+    train = config.train
+    if name == "steps_x2":
+        if train.max_steps:
+            return [f"train.max_steps={2 * train.max_steps}"]
+        return [f"train.epochs={2 * train.epochs}"]
+    if name == "batch_x4":
+        steps = [f"train.max_steps={max(1, train.max_steps // 4)}"] if train.max_steps else []
+        return [f"train.batch_size={4 * train.batch_size}", *steps]
+    return VARIANTS[name]
 
 
 def seed_variant(main_run: Path, variant_run: Path) -> None:

@@ -52,11 +52,17 @@ class _Section(BaseModel):
     # settings that change how a stage runs, never what it writes: not part of its hash, so
     # changing them neither reruns a finished stage nor orphans its checkpoints
     _unhashed: ClassVar[frozenset[str]] = frozenset()
+    # settings added after runs existed: hashed only when set off their default, so upgrading
+    # customir does not rerun a finished stage whose output they would not change
+    _hashed_off_default: ClassVar[frozenset[str]] = frozenset()
 
     def hashed_settings(self) -> dict[str, Any]:
         """The settings that decide what the stage writes (nested sections' ``_unhashed`` left
         out as well)."""
         data = self.model_dump(mode="json", exclude=set(self._unhashed))
+        for name in self._hashed_off_default:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
         for name in data:
             value = getattr(self, name)
             if isinstance(value, _Section):
@@ -283,11 +289,24 @@ class ProfileMode(str, enum.Enum):
     llm = "llm"
 
 
+class TitleChunk(str, enum.Enum):
+    """Which chunk of its document a title (or e-mail subject) is paired with.
+
+    - ``first``: the document's first chunk (a title introduces what follows it).
+    - ``best``: the chunk BM25 ranks highest for the title among the document's chunks (ties:
+      the earlier one), so a long document's title can train on a later chunk.
+    """
+
+    first = "first"
+    best = "best"
+
+
 SINGLE_CHUNK_KINDS = ("keyword", "question", "claim")
 
 
 class GenerateConfig(_Section):
     _unhashed: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers"})
+    _hashed_off_default: ClassVar[frozenset[str]] = frozenset({"title_chunk"})
 
     llm: LLMConfig = Field(default_factory=LLMConfig)
     max_llm_chunks: int | None = Field(
@@ -312,6 +331,9 @@ class GenerateConfig(_Section):
     profile: ProfileMode = Field(ProfileMode.auto, description="Corpus profile method.")
     profile_sample: int = Field(500, ge=0, description="Chunks sampled for the corpus profile.")
     structural: bool = Field(True, description="Add title, heading and e-mail subject queries.")
+    title_chunk: TitleChunk = Field(
+        TitleChunk.first, description="The chunk a title or e-mail subject is paired with: "
+        "its document's first, or the one BM25 ranks highest for it (best).")
     inverse_cloze: float = Field(
         0.0, ge=0, le=1, description="Share of chunks that give an inverse-cloze pair (a "
         "sentence as the query, the rest of the chunk as the positive). Off by default: on "

@@ -128,6 +128,39 @@ def test_free_signals():
     assert related_chunks(0, [0, 1, 2, 3, 4], ["a", "a", "b", "b", "c"], 2) == [2, 4]
 
 
+def test_title_chunk_best_pairs_a_title_with_the_chunk_bm25_ranks_highest(tmp_path):
+    from customir.config import MiningBackend
+    from customir.negatives.bm25 import BM25Index
+
+    docs = [("a", "Aspirin and stroke risk", ["Background on heart disease in adults.",
+                                              "Aspirin lowers the risk of stroke after surgery.",
+                                              "Aspirin was given daily."]),
+            ("b", "Xyzzy plugh", ["Kidney function declines with age.", "Dialysis varies."]),
+            ("m", "Re: dialysis dates", ["The dialysis trial starts in March."])]
+    rows = [{"chunk_id": f"{d}#{i}", "doc_id": d, "chunk_index": i,
+             "source": f"{d}.eml" if d == "m" else f"{d}.txt", "title": title, "heading": None,
+             "text": text, "n_tokens": 8} for d, title, texts in docs
+            for i, text in enumerate(texts)]
+    rows.reverse()  # the table's order is not the documents' chunk order
+    chunks = Chunks(pa.Table.from_pylist(rows, schema=CHUNKS))
+    index = BM25Index(chunks.texts)
+
+    def paired(title_chunk):
+        config = GenerateConfig(title_chunk=title_chunk, kinds={}, multihop=0.0)
+        found = generate.free_signals(chunks, config, tmp_path, tmp_path,
+                                      {MiningBackend.bm25s: index})
+        return {c.query: chunks.ids[c.rows[0]] for c in found}
+
+    assert paired("first") == {"Aspirin and stroke risk": "a#0", "Xyzzy plugh": "b#0",
+                               "dialysis dates": "m#0"}
+    # "stroke" and "risk" only in a#1; a title sharing no word stays on the first chunk
+    assert paired("best") == {"Aspirin and stroke risk": "a#1", "Xyzzy plugh": "b#0",
+                              "dialysis dates": "m#0"}
+    # a setting added after runs existed is hashed only off its default (no rerun on upgrade)
+    assert "title_chunk" not in GenerateConfig().hashed_settings()
+    assert GenerateConfig(title_chunk="best").config_hash() != GenerateConfig().config_hash()
+
+
 @pytest.mark.parametrize("text", [
     "胰岛素是胰腺分泌的一种激素。它能在健康成年人餐后降低血糖水平。"
     "缺乏胰岛素会导致儿童患糖尿病。",

@@ -161,7 +161,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, whe
     out.mkdir()
     for name in ("triples", "chunks"):
         (out / name).symlink_to(triples / name)
-    settings = {**SMALL, "eval_steps": 3, "max_steps": 15, "patience": None}  # 4 x 3 < 15
+    # checkpoints at steps 3, 6, 9 and 12: the kill after the first leaves work to resume
+    settings = {**SMALL, "eval_steps": 3, "max_steps": 12, "patience": None}
     if where == "s3":
         settings["checkpoint_storage"] = request.getfixturevalue("s3_bucket")
     script = (
@@ -187,7 +188,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(triples, tmp_path, whe
                            text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     metrics = Manifest.read(out / "train").extra["metrics"]
-    assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 15
+    assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 12
     assert not storage.exists(location)  # checkpoints are removed once the model is published
 
 

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from customir.config import GenerateConfig, LLMBackend, ProfileMode, RayConfig
+from customir.config import (GenerateConfig, LLMBackend, MiningBackend, ProfileMode, RayConfig,
+                             TitleChunk)
 from customir.manifest import Balance, Manifest, find_complete, fingerprint, log, stage_output
 from customir.queries import prompts
 from customir.queries.asking import Answers, Ask, ask_generate_llm, require_an_answer
@@ -45,7 +46,7 @@ from customir.queries.candidate_filters import (filter_by_judge, filter_each,
 from customir.queries.candidates import Candidate, Chunks, chunk_index
 from customir.queries.filtering import chosen, choose_llm_chunks, query_id
 from customir.queries.profile import corpus_profile
-from customir.queries.signals import (SIGNALS_VERSION, first_chunks_under_headings,
+from customir.queries.signals import (SIGNALS_VERSION, TITLE_KINDS, first_chunks_under_headings,
                                       inverse_cloze_pair, related_chunks, structural_queries)
 from customir.runtime import ray_session
 from customir.schemas import CHUNKS, QUERIES, read_table, write_rows
@@ -83,7 +84,10 @@ def make_profile(chunks: Chunks, config: GenerateConfig) -> tuple[dict, Answers 
 
 # ---- 2. free signals ----------------------------------------------------------------------
 
-def free_signals(chunks: Chunks, config: GenerateConfig) -> list[Candidate]:
+def free_signals(chunks: Chunks, config: GenerateConfig, chunks_dir: Path | None = None,
+                 run_dir: Path | None = None, indexes: dict | None = None) -> list[Candidate]:
+    """Titles, headings, subjects and inverse-cloze pairs; ``title_chunk: best`` reads the
+    chunks' BM25 index (built under ``run_dir`` from ``chunks_dir`` when missing)."""
     out = []
     if config.structural:
         firsts = first_chunks_under_headings(chunks.docs, chunks.index, chunks.headings,
@@ -91,6 +95,10 @@ def free_signals(chunks: Chunks, config: GenerateConfig) -> list[Candidate]:
         for row, cid in enumerate(chunks.ids):
             for kind, query in structural_queries(chunks.record(row), cid in firsts):
                 out.append(Candidate(kind, query, "structural", [row]))
+        if config.title_chunk == TitleChunk.best:
+            titles = [c for c in out if c.kind in TITLE_KINDS]
+            best_title_chunks(titles, chunks, chunk_index(chunks_dir, run_dir,
+                                                          MiningBackend.bm25s, indexes))
     if config.inverse_cloze:
         for row, cid in enumerate(chunks.ids):
             if chosen(cid, config.inverse_cloze, config.seed, "ict"):
@@ -102,6 +110,22 @@ def free_signals(chunks: Chunks, config: GenerateConfig) -> list[Candidate]:
                     out.append(Candidate("inverse_cloze", "", "inverse_cloze", [row],
                                          reason="inverse_cloze_no_sentence"))
     return out
+
+
+def best_title_chunks(titles: list[Candidate], chunks: Chunks, index) -> None:
+    """Move each title (or subject) from its document's first chunk to the chunk ``index``
+    scores highest for it among the document's chunks (ties, and a title sharing no word with
+    any chunk: the earliest)."""
+    rows_of = defaultdict(list)
+    for row, doc in enumerate(chunks.docs):
+        rows_of[doc].append(row)
+    pairs = [(c, sorted(rows_of[chunks.docs[c.rows[0]]], key=chunks.index.__getitem__))
+             for c in titles]
+    queries = [c.query for c, rows in pairs for _ in rows]
+    scores = iter(index.score(queries, [r for _, rows in pairs for r in rows]).tolist())
+    for candidate, rows in pairs:
+        doc_scores = [next(scores) for _ in rows]
+        candidate.rows = [rows[max(range(len(rows)), key=lambda i: (doc_scores[i], -i))]]
 
 
 # ---- 3. LLM queries -----------------------------------------------------------------------
@@ -288,8 +312,8 @@ def run(chunks_dir: str | Path, run_dir: str | Path, config: GenerateConfig,
     origin = f"llm:{config.llm.model}"
     with ray_session(ray_config):
         profile, profile_answers = make_profile(chunks, config)
-        candidates = free_signals(chunks, config)
-        indexes: dict = {}  # multi-hop neighbours and round-trip checks share an open index
+        indexes: dict = {}  # titles, multi-hop neighbours and round-trip checks share an index
+        candidates = free_signals(chunks, config, chunks_dir, run_dir, indexes)
         groups = multihop_groups(chunks, anchors, config, chunks_dir, run_dir, indexes)
         asks = query_asks(chunks, config, profile, llm_rows, groups)
         answers = ask_generate_llm(asks, config) if asks else None

@@ -21,6 +21,7 @@ from customir.queries.filtering import word_count
 # Part of the generate stage's config hash: bump it when the same chunks give other free
 # signals or other structural filter verdicts, so a rerun does not reuse the old queries.
 SIGNALS_VERSION = "3"
+TITLE_KINDS = ("title", "subject")  # queries naming a whole document
 
 _REPLY_PREFIX = re.compile(r"^((re|fwd?|aw|wg)\s*:\s*)+", re.IGNORECASE)
 # A run of sentence-final marks (Latin or full-width), the closing quotes and brackets after
@@ -52,8 +53,8 @@ def structural_queries(chunk: dict, first_under_heading: bool) -> list[tuple[str
     """(kind, query) pairs the document's own structure gives for free.
 
     A title describes its document, so it is paired with the document's first chunk (an
-    e-mail's subject line is its title, kind ``subject``); a heading with the first chunk under
-    it.
+    e-mail's subject line is its title, kind ``subject``; ``generate.title_chunk: best`` moves
+    it to the chunk that matches it best); a heading with the first chunk under it.
 
     >>> structural_queries({"title": "Aspirin", "chunk_index": 0, "heading": "Dose"}, True)
     [('title', 'Aspirin'), ('heading', 'Dose')]
