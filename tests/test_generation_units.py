@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from customir.config import GenerateConfig, LLMConfig
+from customir.config import ConfigError, GenerateConfig, LLMConfig, load_config
 from customir.llm.batch import REPLIES, REQUESTS, ChatAnswerer, request_row
 from customir.llm.protocol import Completion
 from customir.llm.vllm_batch import processor_config, to_reply, to_vllm_request
@@ -159,6 +159,8 @@ def test_title_chunk_best_pairs_a_title_with_the_chunk_bm25_ranks_highest(tmp_pa
     # a setting added after runs existed is hashed only off its default (no rerun on upgrade)
     assert "title_chunk" not in GenerateConfig().hashed_settings()
     assert GenerateConfig(title_chunk="best").config_hash() != GenerateConfig().config_hash()
+    with pytest.raises(ConfigError, match="title_chunk: Input should be 'first' or 'best'"):
+        load_config(None, ["generate.title_chunk=bset"])
 
 
 @pytest.mark.parametrize("text", [

@@ -119,13 +119,12 @@ def best_title_chunks(titles: list[Candidate], chunks: Chunks, index) -> None:
     rows_of = defaultdict(list)
     for row, doc in enumerate(chunks.docs):
         rows_of[doc].append(row)
-    pairs = [(c, sorted(rows_of[chunks.docs[c.rows[0]]], key=chunks.index.__getitem__))
-             for c in titles]
-    queries = [c.query for c, rows in pairs for _ in rows]
-    scores = iter(index.score(queries, [r for _, rows in pairs for r in rows]).tolist())
-    for candidate, rows in pairs:
-        doc_scores = [next(scores) for _ in rows]
-        candidate.rows = [rows[max(range(len(rows)), key=lambda i: (doc_scores[i], -i))]]
+    groups = [rows_of[chunks.docs[c.rows[0]]] for c in titles]
+    scores = iter(index.score([c.query for c, rows in zip(titles, groups) for _ in rows],
+                              [row for rows in groups for row in rows]).tolist())
+    for candidate, rows in zip(titles, groups):
+        scored = [(next(scores), -chunks.index[row], row) for row in rows]
+        candidate.rows = [max(scored)[2]]
 
 
 # ---- 3. LLM queries -----------------------------------------------------------------------
