@@ -282,6 +282,12 @@ def run_variant(variant: str, args, config, corpus: Path, root: Path, evaluator:
             **evaluator.score(variant_run / "train" / "model", main=main_run)}
 
 
+def main_cache_name(train_manifest) -> str:
+    """The main model's embeddings are cached under a name unique to its training run."""
+    return "tuned-" + hashlib.sha1(
+        f"{train_manifest.config_hash} {train_manifest.finished_at}".encode()).hexdigest()[:12]
+
+
 def main() -> None:
     args = parse_args()
 
@@ -315,9 +321,7 @@ def main() -> None:
                           root / "cache", config.evaluate.batch_size)
     main_model = Path(config.run_dir) / "train" / "model"
     train_manifest = Manifest.read(Path(config.run_dir) / "train")
-    # the main model's document embeddings are cached under a name unique to its training run
-    main_name = "tuned-" + hashlib.sha1(
-        f"{train_manifest.config_hash} {train_manifest.finished_at}".encode()).hexdigest()[:12]
+    main_name = main_cache_name(train_manifest)
     if main_result is None:
         main_result = evaluator.score(main_model, main_name)
     pipeline_minutes = sum(t["seconds"] for t in timings.values()) / 60
