@@ -69,6 +69,19 @@ def model_key(name_or_path: str | Path, max_seq_length: int = MAX_SEQ_LENGTH) ->
 
 
 
+def chunk_positions(doc_ids: list[str], chunk_docs: list[str]):
+    """Each chunk's document as its position in ``doc_ids`` (for MaxP); a chunk of a document
+    the dataset lacks stops with one line."""
+    import numpy as np
+
+    position = {doc: i for i, doc in enumerate(doc_ids)}
+    unknown = sorted(set(chunk_docs) - set(position))
+    if unknown:
+        raise SystemExit(f"{len(unknown)} chunked documents are not in corpus.jsonl "
+                         f"(e.g. {unknown[0]!r}): the run was made from another corpus")
+    return np.array([position[d] for d in chunk_docs], dtype=np.int64)
+
+
 class Evaluator:
     """Scores systems on the dataset's test queries; the BM25 run and the base model's document
     and chunk embeddings are computed once and reused by every variant."""
@@ -76,20 +89,14 @@ class Evaluator:
     def __init__(self, documents: dict[str, str], chunks: tuple[list[str], list[str]],
                  queries: dict[str, str], qrels: dict, base_model: str, cache_dir: Path,
                  batch_size: int = 64):
-        import numpy as np
 
         from customir.evaluate.retrieval import bm25_run
         from customir.negatives.bm25 import BM25Index
 
         self.documents, self.queries, self.qrels = documents, queries, qrels
         self.doc_ids = list(documents)
-        position = {doc: i for i, doc in enumerate(self.doc_ids)}
         chunk_docs, self.chunk_texts = chunks
-        unknown = sorted(set(chunk_docs) - set(position))
-        if unknown:
-            raise SystemExit(f"{len(unknown)} chunked documents are not in corpus.jsonl "
-                             f"(e.g. {unknown[0]!r}): the run was made from another corpus")
-        self.chunk_doc = np.array([position[d] for d in chunk_docs], dtype=np.int64)
+        self.chunk_doc = chunk_positions(self.doc_ids, chunk_docs)
         self.batch_size, self.cache_dir = batch_size, cache_dir
         self.named_runs: dict[str, tuple[dict, dict]] = {}  # by cache name: a model runs once
         index = BM25Index(list(documents.values()))

@@ -114,17 +114,14 @@ def train_variant(name: str, base: dict, run_dir: Path, work: Path) -> dict:
 
 def rank(models: dict[str, str], run_dir: Path, dataset: Path, device: str) -> dict:
     """Each model's top-100 documents per test query, documents scored by their best chunk."""
-    import numpy as np
-
     from beir import read_chunks, read_documents, read_test_set
-    from beir_scoring import MAX_SEQ_LENGTH
+    from beir_scoring import MAX_SEQ_LENGTH, chunk_positions
     from customir.evaluate.retrieval import best_chunk_per_document, top_k_run
     from customir.models import load_sentence_transformer
 
     doc_ids = list(read_documents(dataset))
-    position = {doc: i for i, doc in enumerate(doc_ids)}
     chunk_docs, chunk_texts = read_chunks(run_dir)
-    chunk_doc = np.array([position[d] for d in chunk_docs], dtype=np.int64)
+    chunk_doc = chunk_positions(doc_ids, chunk_docs)
     queries, _ = read_test_set(dataset, "test")
     qids = list(queries)
     rankings = {}

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import write_stage
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -86,3 +88,15 @@ def test_rankings_of_the_gpu_side_score_like_beir_chunk_scoring(tmp_path, monkey
     assert figures["base"]["ndcg10"] == figures["cpu-base"]["ndcg10"] == 1.0
     assert figures["base"]["vs_cpu_tuned"] == {"delta": 0.0, "p_value": 1.0}
     assert lines[0].startswith("| model (chunks, MaxP) |") and len(lines) == 2 + 3 + 1
+
+
+def test_rankings_of_a_run_from_another_corpus_stop_with_one_line(tmp_path, monkeypatch):
+    beir, run = _beir_and_run(tmp_path)
+    (beir / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "t", "text": "x"}) + "\n")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import gpu_training
+
+    with pytest.raises(SystemExit) as stop:
+        gpu_training.rank({"base": "all-MiniLM-L6-v2"}, run, beir, "cpu")
+    assert str(stop.value) == ("3 chunked documents are not in corpus.jsonl (e.g. 'd2'): the "
+                               "run was made from another corpus")
