@@ -212,10 +212,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from customir.export.onnx import ParityError
     from customir.llm.gguf import ModelUnavailable
     from customir.manifest import BalanceError
+    from customir.runtime import WorkerCrashed
     from customir.schemas import SchemaError
 
     return (ConfigError, SchemaError, EvalDataError, ParityError, ModelUnavailable, BalanceError,
-            FileNotFoundError, NotADirectoryError, ImportError, ValueError)
+            WorkerCrashed, FileNotFoundError, NotADirectoryError, ImportError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import warnings
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -28,6 +29,15 @@ WORKER_ENV = {
 SKIP_REASON = "skip_reason"
 MAX_BLOCKS = 200
 SKIP_DETAIL = "skip_detail"
+# How often one of a stage's Ray Data workers is restarted after its process dies (a crash in
+# native code such as llama.cpp's, the OOM killer, a lost node) before the stage fails; its
+# batches are retried on the restarted worker. Ray Data's own default is forever: a worker that
+# crashes on every batch then restarts without end and the stage hangs.
+WORKER_RESTARTS = 3
+
+
+class WorkerCrashed(RuntimeError):
+    """A stage's Ray Data worker process kept dying (see :data:`WORKER_RESTARTS`)."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -131,12 +141,15 @@ def worker_env() -> dict[str, str]:
 
 def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
               batch_size: int, concurrency: int = 1, num_gpus: float = 0,
-              resources: dict[str, float] | None = None) -> pa.Table | None:
+              resources: dict[str, float] | None = None,
+              restarts: int = WORKER_RESTARTS) -> pa.Table | None:
     """Run ``udf`` (a callable class) over an in-memory table with a pool of ``concurrency`` Ray
     Data actors; return all its rows. UDFs return rows in their output schema plus
     ``skip_reason``/``skip_detail`` columns, so a stage can count every input it did not use
     (see :func:`split_skips`). Each actor holds one CPU, ``num_gpus`` and the custom
-    ``resources`` (which is how a stage lands on the nodes its config names)."""
+    ``resources`` (which is how a stage lands on the nodes its config names). A worker whose
+    process dies is restarted ``restarts`` times, and its batches retried there; then the stage
+    stops with :class:`WorkerCrashed`."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -148,15 +161,42 @@ def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
     rows_per_block = max(batch_size, -(-table.num_rows // MAX_BLOCKS))
     ds = ray.data.from_arrow([table.slice(start, rows_per_block)
                               for start in range(0, table.num_rows, rows_per_block)] or [table])
-    ds = ds.map_batches(udf, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size,
-                        batch_format="pyarrow", num_cpus=1, num_gpus=num_gpus or None,
-                        resources=resources or None,
-                        compute=ray.data.ActorPoolStrategy(size=concurrency))
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for actor restarts
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(udf, fn_constructor_kwargs=constructor_kwargs,
+                            batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
+                            num_gpus=num_gpus or None, resources=resources or None,
+                            compute=ray.data.ActorPoolStrategy(size=concurrency),
+                            max_restarts=restarts)  # tasks: retried until their actor is gone
     # Stage outputs here are small next to their inputs (queries, ids, scores), so they are
     # gathered in the driver and written as one typed file with the manifest.
-    refs = ds.to_arrow_refs()
-    tables = [t for t in ray.get(refs) if t.num_rows]
+    try:
+        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    except ray.exceptions.ActorDiedError as exc:
+        raise WorkerCrashed(crash_message(udf.__name__, restarts, str(exc))) from None
     return pa.concat_tables(tables) if tables else None
+
+
+def crash_message(worker: str, restarts: int, ray_error: str) -> str:
+    """What died, how often it was restarted, and where the last dead process's output is.
+
+    >>> text = crash_message("ChatAnswerer", 3, "died.\\n\\tpid: 26378\\n\\tip: 10.0.0.5\\n")
+    >>> text.split(". ")[0]
+    'ChatAnswerer: its worker process kept dying (restarted 3 times)'
+    >>> text.split("; ")[1]  # doctest: +NORMALIZE_WHITESPACE
+    'the last was pid 26378 on 10.0.0.5, whose output is worker-*-26378.err in the Ray session
+    logs there (/tmp/ray/session_latest/logs by default)'
+    """
+    import re
+
+    pid = re.search(r"\bpid: (\d+)", ray_error)
+    ip = re.search(r"\bip: (\S+)", ray_error)
+    where = (f"; the last was pid {pid[1]} on {ip[1] if ip else 'its node'}, whose output is "
+             f"worker-*-{pid[1]}.err in the Ray session logs there "
+             "(/tmp/ray/session_latest/logs by default)" if pid else "")
+    return (f"{worker}: its worker process kept dying (restarted {restarts} times). "
+            "The stage stopped. Likely a crash in native code (llama.cpp, "
+            "torch) or the OOM killer" + where)
 
 
 def split_skips(table: pa.Table | None, schema: pa.Schema, stage: str,

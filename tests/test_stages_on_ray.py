@@ -154,3 +154,77 @@ def test_local_cluster_workers_are_not_deprioritised(ray_cluster):
 
     # Ray's own default is 15; the cluster customir starts runs its workers at RayConfig's 0
     assert ray.get(niceness.remote()) == 0
+
+
+def _map_in_thread(table, udf, marker, restarts, wait_s=180):
+    """map_table in a daemon thread, so a worker restarted without end fails the test (after
+    ``wait_s``) instead of hanging the session."""
+    import threading
+
+    from customir.runtime import map_table
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["table"] = map_table(table, udf, constructor_kwargs={"marker": str(marker)},
+                                         batch_size=2, restarts=restarts)
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    assert not thread.is_alive(), f"map_table still running after {wait_s} s"
+    return outcome
+
+
+def test_a_worker_that_dies_on_every_batch_stops_the_stage_with_one_message(ray_cluster,
+                                                                           tmp_path):
+    import os
+
+    import pyarrow as pa
+
+    from customir.runtime import WorkerCrashed
+
+    class Segfaulting:  # defined here: cloudpickle ships it to the workers by value
+        def __init__(self, marker):
+            self.marker = marker
+
+        def __call__(self, batch):
+            with open(self.marker, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            os._exit(139)  # how llama.cpp's crash on AMX looked from outside
+
+    marker = tmp_path / "deaths"
+    outcome = _map_in_thread(pa.table({"x": list(range(6))}), Segfaulting, marker, restarts=1)
+    error = outcome.get("error")
+    assert isinstance(error, WorkerCrashed), outcome
+    deaths = marker.read_text().split()
+    last = deaths[-1]
+    assert str(error).startswith("Segfaulting: its worker process kept dying (restarted 1 times)")
+    assert f"the last was pid {last} on " in str(error) and f"worker-*-{last}.err" in str(error)
+    # the first process and its one restart died (a further batch may have reached a third)
+    assert 2 <= len(set(deaths)) <= 3, deaths
+
+
+def test_a_worker_that_dies_once_is_restarted_and_no_row_is_lost(ray_cluster, tmp_path):
+    import os
+
+    import pyarrow as pa
+
+    class DiesOnce:
+        def __init__(self, marker):
+            self.marker = marker
+
+        def __call__(self, batch):
+            if not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(139)
+            return batch.append_column("pid", pa.array([os.getpid()] * batch.num_rows))
+
+    marker = tmp_path / "died"
+    outcome = _map_in_thread(pa.table({"x": list(range(6))}), DiesOnce, marker, restarts=1)
+    assert "error" not in outcome, outcome
+    assert marker.exists()  # it did die once
+    assert sorted(outcome["table"]["x"].to_pylist()) == list(range(6))
