@@ -30,6 +30,10 @@ from customir.models import BASE_MODELS
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+# How often one of a stage's Ray Data workers is restarted after its process dies, its batches
+# retried there, before the stage fails. Ray Data's own default is forever: a worker that
+# crashes on every batch (llama.cpp's AMX kernels did, on one build) restarts without end.
+WORKER_RESTARTS = 3
 
 
 def env_var_label(name: str) -> str:
@@ -114,7 +118,7 @@ class ResponseFormat(str, enum.Enum):
 class LLMConfig(_Section):
     _unhashed: ClassVar[frozenset[str]] = frozenset({
         "api_key_env", "n_threads", "timeout_s", "max_retries", "concurrency", "qps", "replicas",
-        "gpus_per_worker", "resources_per_worker"})
+        "gpus_per_worker", "resources_per_worker", "worker_restarts"})
 
     backend: LLMBackend = Field(LLMBackend.llamacpp, description="Engine that serves the LLM.")
     model: str = Field(
@@ -157,6 +161,12 @@ class LLMConfig(_Section):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources each LLM actor asks for (e.g. "
         "{llm_node: 1} to keep it on nodes started with that resource).")
+    worker_restarts: int = Field(
+        WORKER_RESTARTS, ge=-1, description="How often an in-process LLM actor (llamacpp, "
+        "scripted, or the openai client's) is restarted after its process dies (a crash in "
+        "llama.cpp, the OOM killer, a lost node), its batches retried there, before the stage "
+        "stops with an error naming the last dead process. -1: forever (Ray Data's default, "
+        "which hangs the stage on a crash that repeats).")
 
 
 class IngestConfig(_Section):
@@ -224,7 +234,8 @@ class DenseSearch(str, enum.Enum):
 
 class MineConfig(_Section):
     _unhashed: ClassVar[frozenset[str]] = frozenset({
-        "java_heap", "threads", "batch_size", "num_workers", "resources_per_worker"})
+        "java_heap", "threads", "batch_size", "num_workers", "resources_per_worker",
+        "worker_restarts"})
 
     backend: MiningBackend = Field(MiningBackend.bm25s, description="Candidate ranker.")
     top_k: int = Field(30, ge=1, description="Candidates retrieved per query before selection.")
@@ -273,6 +284,10 @@ class MineConfig(_Section):
         default_factory=dict, description="Custom Ray resources each mining actor asks for (e.g. "
         "{cpu_node: 1} to keep mining off GPU nodes: cluster/cluster.yaml's cpu_worker nodes "
         "declare it).")
+    worker_restarts: int = Field(
+        WORKER_RESTARTS, ge=-1, description="How often a mining actor is restarted after its "
+        "process dies (the OOM killer, a crash in the JVM, a lost node), its batches retried "
+        "there, before the stage stops with an error naming the last dead process. -1: forever.")
 
 
 class ProfileMode(str, enum.Enum):

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
+import sys
 import threading
 import warnings
 from typing import Any, Iterator
 
 import pyarrow as pa
 
-from customir.config import RayConfig
+from customir.config import WORKER_RESTARTS, RayConfig
 from customir.manifest import log
 
 # Environment every Ray worker gets: models come from packages, llama.cpp threads sleep when idle.
@@ -29,15 +31,10 @@ WORKER_ENV = {
 SKIP_REASON = "skip_reason"
 MAX_BLOCKS = 200
 SKIP_DETAIL = "skip_detail"
-# How often one of a stage's Ray Data workers is restarted after its process dies (a crash in
-# native code such as llama.cpp's, the OOM killer, a lost node) before the stage fails; its
-# batches are retried on the restarted worker. Ray Data's own default is forever: a worker that
-# crashes on every batch then restarts without end and the stage hangs.
-WORKER_RESTARTS = 3
 
 
 class WorkerCrashed(RuntimeError):
-    """A stage's Ray Data worker process kept dying (see :data:`WORKER_RESTARTS`)."""
+    """A stage's Ray Data worker process kept dying (past its ``worker_restarts``)."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -170,11 +167,36 @@ def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
                             max_restarts=restarts)  # tasks: retried until their actor is gone
     # Stage outputs here are small next to their inputs (queries, ids, scores), so they are
     # gathered in the driver and written as one typed file with the manifest.
+    loggers = [logging.getLogger(name) for name in _RAY_DATA_ERROR_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(_hide_worker_deaths)
     try:
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     except ray.exceptions.ActorDiedError as exc:
         raise WorkerCrashed(crash_message(udf.__name__, restarts, str(exc))) from None
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_hide_worker_deaths)
     return pa.concat_tables(tables) if tables else None
+
+
+# Where Ray Data logs a failed execution: the executor (with the traceback) and its top-level
+# handler (which calls a dead worker "internal code", asks for a bug report, and prints it again).
+_RAY_DATA_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state",
+                           "ray.data.exceptions")
+
+
+def _hide_worker_deaths(record: logging.LogRecord) -> bool:
+    """Keep Ray's records of a dead worker off the console (Ray Data's console handler skips
+    records marked ``hide``) but in Ray Data's log file: :class:`WorkerCrashed` says it in one
+    line. A record is about a dead worker when it carries, or is logged while handling, an
+    ``ActorDiedError``."""
+    import ray
+
+    error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    if isinstance(error, ray.exceptions.ActorDiedError):
+        record.hide = True
+    return True
 
 
 def crash_message(worker: str, restarts: int, ray_error: str) -> str:
@@ -194,7 +216,8 @@ def crash_message(worker: str, restarts: int, ray_error: str) -> str:
     where = (f"; the last was pid {pid[1]} on {ip[1] if ip else 'its node'}, whose output is "
              f"worker-*-{pid[1]}.err in the Ray session logs there "
              "(/tmp/ray/session_latest/logs by default)" if pid else "")
-    return (f"{worker}: its worker process kept dying (restarted {restarts} times). "
+    times = "without a limit" if restarts < 0 else f"{restarts} time{'s' * (restarts != 1)}"
+    return (f"{worker}: its worker process kept dying (restarted {times}). "
             "The stage stopped. Likely a crash in native code (llama.cpp, "
             "torch) or the OOM killer" + where)
 

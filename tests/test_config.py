@@ -33,9 +33,12 @@ def test_config_hash_changes_with_settings():
     ("train", ["train.max_failures=0", "train.cpus_per_worker=1"], "train.max_steps=7"),
     ("generate", ["generate.num_workers=3", "generate.batch_size=16", "generate.llm.qps=2",
                   "generate.llm.concurrency=2", "generate.llm.timeout_s=9",
-                  "generate.llm.n_threads=1"], "generate.llm.max_tokens=50"),
-    ("verify", ["verify.batch_size=2", "verify.llm.max_retries=0"], "verify.llm.model=x"),
-    ("mine", ["mine.num_workers=4", "mine.batch_size=8", "mine.threads=1"], "mine.top_k=9"),
+                  "generate.llm.n_threads=1", "generate.llm.worker_restarts=0"],
+     "generate.llm.max_tokens=50"),
+    ("verify", ["verify.batch_size=2", "verify.llm.max_retries=0", "verify.llm.worker_restarts=-1"],
+     "verify.llm.model=x"),
+    ("mine", ["mine.num_workers=4", "mine.batch_size=8", "mine.threads=1",
+              "mine.worker_restarts=9"], "mine.top_k=9"),
     ("evaluate", ["evaluate.batch_size=8"], "evaluate.k_values=[10]"),
 ])
 def test_settings_of_how_a_stage_runs_are_not_part_of_its_hash(section, runs_differently,
@@ -213,6 +216,8 @@ def test_run_only_one_stage_refuses_serve():
     ("verify.llm.n_ctx=0", "verify.llm.n_ctx: Input should be greater than or equal to 1"),
     ("generate.llm.n_threads=0", "generate.llm.n_threads: Input should be greater than or "
      "equal to 1"),
+    ("generate.llm.worker_restarts=-2", "generate.llm.worker_restarts: Input should be greater "
+     "than or equal to -1"),
 ])
 def test_llm_settings_out_of_range_are_a_config_error_naming_the_field(override, message):
     with pytest.raises(ConfigError, match=message):

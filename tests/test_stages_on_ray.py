@@ -202,7 +202,7 @@ def test_a_worker_that_dies_on_every_batch_stops_the_stage_with_one_message(ray_
     assert isinstance(error, WorkerCrashed), outcome
     deaths = marker.read_text().split()
     last = deaths[-1]
-    assert str(error).startswith("Segfaulting: its worker process kept dying (restarted 1 times)")
+    assert str(error).startswith("Segfaulting: its worker process kept dying (restarted 1 time)")
     assert f"the last was pid {last} on " in str(error) and f"worker-*-{last}.err" in str(error)
     # the first process and its one restart died (a further batch may have reached a third)
     assert 2 <= len(set(deaths)) <= 3, deaths
@@ -228,3 +228,26 @@ def test_a_worker_that_dies_once_is_restarted_and_no_row_is_lost(ray_cluster, tm
     assert "error" not in outcome, outcome
     assert marker.exists()  # it did die once
     assert sorted(outcome["table"]["x"].to_pylist()) == list(range(6))
+
+
+def test_an_llm_that_crashes_its_worker_on_every_prompt_is_a_one_line_cli_error(tmp_path,
+                                                                               fixture_corpus):
+    import subprocess
+    import sys
+
+    with open(fixture_corpus / "passages.jsonl", "a") as fh:
+        fh.write(json.dumps({"_id": "boom", "title": "Crash",
+                             "text": "[[crash]] this passage kills the scripted LLM's process."})
+                 + "\n")
+    ingest.run(fixture_corpus, tmp_path / "run", IngestConfig(min_chunk_tokens=3))
+    out = subprocess.run(
+        [sys.executable, "-m", "customir.cli", "generate", str(tmp_path / "run" / "chunks"),
+         "--out", str(tmp_path / "run"), "--set", "generate.llm.backend=scripted",
+         "--set", "generate.llm.worker_restarts=1", "--set", "generate.multihop=0",
+         "--set", "ray.num_cpus=2"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("customir: error: ChatAnswerer: its worker process kept dying "
+                           "(restarted 1 time). The stage stopped."), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]  # Ray's is in its log file only
+    assert not (tmp_path / "run" / "queries" / "_manifest.json").exists()

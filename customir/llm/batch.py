@@ -159,5 +159,6 @@ def answer_requests(requests: pa.Table, config: LLMConfig, *, batch_size: int,
         batch_size = max(batch_size, 2 * config.concurrency)
     replies = map_table(requests, ChatAnswerer, constructor_kwargs={"config": config},
                         batch_size=batch_size, concurrency=num_workers,
-                        num_gpus=llm_gpus(config), resources=config.resources_per_worker)
+                        num_gpus=llm_gpus(config), resources=config.resources_per_worker,
+                        restarts=config.worker_restarts)
     return replies if replies is not None else REPLIES.empty_table()

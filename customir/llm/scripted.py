@@ -5,7 +5,8 @@ pipeline's wiring (``llm.backend: scripted``); its queries are not worth trainin
   message (4 words from position 3·i for the i-th property), an integer property (a judge's
   ``score``) with 1-10 by the share of the query's words found in the passage. A message
   containing ``[[garbage]]`` gets a reply that is not JSON, ``[[truncate]]`` one cut off at
-  ``max_tokens`` (to exercise error paths).
+  ``max_tokens``, and ``[[crash]]`` ends the process at once, as a segfault in llama.cpp does
+  (to exercise error paths).
 - ``query_log_likelihood`` is the share of the continuation's words found in the prompt, minus 1
   (so a passage that contains the query scores 0 and an unrelated one -1).
 - ``choice_log_likelihoods`` reads the judge prompt's passage and query, and favours the choice
@@ -15,6 +16,7 @@ pipeline's wiring (``llm.backend: scripted``); its queries are not worth trainin
 from __future__ import annotations
 
 import json
+import os
 import re
 
 from customir.llm.protocol import Completion
@@ -32,6 +34,8 @@ class ScriptedLLM:
                       temperature: float | None = None) -> Completion:
         self.calls += 1
         content = messages[-1]["content"]
+        if "[[crash]]" in content:
+            os._exit(139)  # no cleanup, no exception: what a native crash looks like from outside
         if "[[garbage]]" in content:
             return Completion("I cannot answer that", "stop", len(content) // 4, 5)
         words = _WORD.findall(content.split("\n", 1)[-1])

@@ -210,7 +210,7 @@ def run(queries_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path, co
                         "index": ShippedFolder.ship(index_dir), "config": config}
         rows = map_table(queries, CandidateMiner, constructor_kwargs=actor_inputs,
                          batch_size=config.batch_size, concurrency=config.num_workers,
-                         resources=config.resources_per_worker)
+                         resources=config.resources_per_worker, restarts=config.worker_restarts)
     table, skips = split_skips(rows, CANDIDATES, STAGE, "query_id")
     with stage_output(out, STAGE, config.config_hash(), inputs, started) as (tmp, manifest):
         write_rows(tmp, table, skips)

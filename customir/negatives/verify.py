@@ -259,7 +259,8 @@ def run(candidates_dir: str | Path, chunks_dir: str | Path, run_dir: str | Path,
                          constructor_kwargs={"chunks": chunks, "config": config,
                                              "to_verify": to_verify},
                          batch_size=config.batch_size, num_gpus=llm_gpus(config.llm),
-                         resources=config.llm.resources_per_worker)
+                         resources=config.llm.resources_per_worker,
+                         restarts=config.llm.worker_restarts)
     errors, requests = sum_llm_counts(rows) if rows is not None else ({}, None)
     table, skips = split_skips(rows, TRIPLES, STAGE, "query_id")
     verdicts = Counter(v for vs in table["candidate_verdicts"].to_pylist() for v in vs)
