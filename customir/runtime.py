@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -167,16 +168,11 @@ def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
                             max_restarts=restarts)  # tasks: retried until their actor is gone
     # Stage outputs here are small next to their inputs (queries, ids, scores), so they are
     # gathered in the driver and written as one typed file with the manifest.
-    loggers = [logging.getLogger(name) for name in _RAY_DATA_ERROR_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(_hide_worker_deaths)
     try:
-        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+        with _worker_deaths_off_console():
+            tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     except ray.exceptions.ActorDiedError as exc:
         raise WorkerCrashed(crash_message(udf.__name__, restarts, str(exc))) from None
-    finally:
-        for logger in loggers:
-            logger.removeFilter(_hide_worker_deaths)
     return pa.concat_tables(tables) if tables else None
 
 
@@ -184,6 +180,18 @@ def map_table(table: pa.Table, udf: type, *, constructor_kwargs: dict[str, Any],
 # handler (which calls a dead worker "internal code", asks for a bug report, and prints it again).
 _RAY_DATA_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state",
                            "ray.data.exceptions")
+
+
+@contextlib.contextmanager
+def _worker_deaths_off_console() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _RAY_DATA_ERROR_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(_hide_worker_deaths)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_hide_worker_deaths)
 
 
 def _hide_worker_deaths(record: logging.LogRecord) -> bool:
@@ -209,8 +217,6 @@ def crash_message(worker: str, restarts: int, ray_error: str) -> str:
     'the last was pid 26378 on 10.0.0.5, whose output is worker-*-26378.err in the Ray session
     logs there (/tmp/ray/session_latest/logs by default)'
     """
-    import re
-
     pid = re.search(r"\bpid: (\d+)", ray_error)
     ip = re.search(r"\bip: (\S+)", ray_error)
     where = (f"; the last was pid {pid[1]} on {ip[1] if ip else 'its node'}, whose output is "
